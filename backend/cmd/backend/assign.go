@@ -1,0 +1,29 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/spaceport-sync/spaceport/backend/directory"
+	"github.com/spaceport-sync/spaceport/backend/space"
+)
+
+// assigner answers the engine's "is this space ours?" from the directory.
+type assigner struct {
+	dir       *directory.Directory
+	machineID string
+}
+
+func (a assigner) Assigned(ctx context.Context, spaceID string) error {
+	sp, err := a.dir.Lookup(ctx, spaceID)
+	switch {
+	case errors.Is(err, directory.ErrSpaceNotFound):
+		return fmt.Errorf("space %s is not in the directory: %w", spaceID, space.ErrMoved)
+	case err != nil:
+		return err
+	case sp.Machine != a.machineID:
+		return fmt.Errorf("space %s belongs to machine %s: %w", spaceID, sp.Machine, space.ErrMoved)
+	}
+	return nil
+}

@@ -1,0 +1,70 @@
+package directory
+
+import "github.com/spaceport-sync/spaceport/backend/migrate"
+
+// migrations is the directory's schema history. Append only; never edit a
+// released step.
+//
+// Design notes for step 1:
+//
+//   - machines.space_count is kept by a trigger on spaces, so placement reads
+//     one row per machine instead of counting every space (O(machines), not
+//     O(spaces)), and the count stays right whoever writes spaces, including
+//     an operator with psql.
+//   - machines_placement indexes exactly the placement query: started
+//     machines of an app by fewest spaces. last_heartbeat is deliberately not
+//     indexed: heartbeats then stay HOT updates (no index churn every few
+//     seconds per machine); liveness is a filter over an app's few machines.
+//   - spaces_machine serves listing a machine's spaces and the foreign key
+//     check when a machine row is deleted.
+//   - The same trigger announces every placement change with pg_notify on
+//     NotifyChannel, inside the writing transaction: listeners hear of it only
+//     if and when it commits, and never miss a change made outside this
+//     package.
+var migrations = []migrate.Migration{
+	{Version: 1, Name: "machines and spaces", SQL: `
+CREATE SCHEMA IF NOT EXISTS directory;
+
+CREATE TABLE directory.machines (
+	id             text        PRIMARY KEY,
+	app            text        NOT NULL,
+	region         text        NOT NULL DEFAULT '',
+	state          text        NOT NULL,
+	last_heartbeat timestamptz NOT NULL DEFAULT now(),
+	created_at     timestamptz NOT NULL DEFAULT now(),
+	space_count    integer     NOT NULL DEFAULT 0
+);
+
+CREATE INDEX machines_placement ON directory.machines (app, space_count, id) WHERE state = 'started';
+
+CREATE TABLE directory.spaces (
+	id         text        PRIMARY KEY,
+	app        text        NOT NULL,
+	machine    text        NOT NULL REFERENCES directory.machines (id),
+	created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX spaces_machine ON directory.spaces (machine);
+
+CREATE FUNCTION directory.spaces_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF TG_OP = 'UPDATE' AND OLD.machine = NEW.machine AND OLD.app = NEW.app THEN
+		RETURN NULL;
+	END IF;
+	IF TG_OP IN ('UPDATE', 'DELETE') THEN
+		UPDATE directory.machines SET space_count = space_count - 1 WHERE id = OLD.machine;
+	END IF;
+	IF TG_OP IN ('INSERT', 'UPDATE') THEN
+		UPDATE directory.machines SET space_count = space_count + 1 WHERE id = NEW.machine;
+		PERFORM pg_notify('` + NotifyChannel + `', NEW.id);
+	ELSE
+		PERFORM pg_notify('` + NotifyChannel + `', OLD.id);
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER spaces_changed AFTER INSERT OR DELETE OR UPDATE OF machine, app ON directory.spaces
+	FOR EACH ROW EXECUTE FUNCTION directory.spaces_changed();
+`},
+}

@@ -1,0 +1,208 @@
+package directory
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spaceport-sync/spaceport/backend/protocol"
+)
+
+// Space is one space's placement: the backend app and machine that own it.
+type Space struct {
+	ID        string
+	App       string
+	Machine   string
+	CreatedAt time.Time
+}
+
+// NewSpaceID returns a random space ID: 26 characters of [a-z2-7] (130
+// random bits), URL-safe and valid under protocol.ValidSpaceID.
+func NewSpaceID() string { return strings.ToLower(rand.Text()) }
+
+// CreateSpace creates space id for app and places it on the live machine of
+// app that has the fewest spaces. An empty id gets NewSpaceID.
+//
+// Placement is exact under concurrency: creates for one app take a
+// transaction-scoped advisory lock, so each one counts after the previous one
+// committed. Two routers creating at once therefore never both pick the same
+// emptiest machine by a stale count. Creates are rare next to lookups, and the
+// lock is held for three short statements.
+//
+// Errors: ErrInvalidSpaceID, ErrInvalidMachine (bad app), ErrSpaceExists,
+// ErrNoLiveMachine.
+func (d *Directory) CreateSpace(ctx context.Context, id, app string) (Space, error) {
+	if id == "" {
+		id = NewSpaceID()
+	}
+	if !protocol.ValidSpaceID(id) {
+		return Space{}, fmt.Errorf("create space %.64q: %w", id, ErrInvalidSpaceID)
+	}
+	if !validName(app) {
+		return Space{}, fmt.Errorf("create space %s in app %.64q: %w", id, app, ErrInvalidMachine)
+	}
+	sp := Space{ID: id, App: app}
+	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, placementLockKey(app)); err != nil {
+			return err
+		}
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM directory.spaces WHERE id = $1)`, id).Scan(&exists); err != nil {
+			return err
+		}
+		if exists {
+			return ErrSpaceExists
+		}
+		err := tx.QueryRow(ctx, `
+			SELECT id FROM directory.machines
+			WHERE app = $1 AND state = 'started'
+			  AND last_heartbeat > now() - $2::bigint * interval '1 microsecond'
+			ORDER BY space_count, id
+			LIMIT 1`, app, d.liveWindowMicros()).Scan(&sp.Machine)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrNoLiveMachine
+		}
+		if err != nil {
+			return err
+		}
+		// The existence check above runs under the per-app lock, but a
+		// create of the same id for another app does not take that lock;
+		// ON CONFLICT keeps that race to one row.
+		err = tx.QueryRow(ctx, `
+			INSERT INTO directory.spaces (id, app, machine) VALUES ($1, $2, $3)
+			ON CONFLICT (id) DO NOTHING
+			RETURNING created_at`, id, app, sp.Machine).Scan(&sp.CreatedAt)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrSpaceExists
+		}
+		return err
+	})
+	if err != nil {
+		return Space{}, fmt.Errorf("create space %s in app %s: %w", id, app, err)
+	}
+	return sp, nil
+}
+
+// placementLockKey is the advisory lock that serializes placement per app.
+func placementLockKey(app string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("spaceport-directory-place:" + app))
+	return int64(h.Sum64())
+}
+
+// Lookup returns the placement of space id: one primary-key read, the
+// router's replay decision (behind its cache) and the backend's check that a
+// space is assigned to it before serving it. Errors: ErrInvalidSpaceID,
+// ErrSpaceNotFound.
+func (d *Directory) Lookup(ctx context.Context, id string) (Space, error) {
+	if !protocol.ValidSpaceID(id) {
+		return Space{}, fmt.Errorf("look up space %.64q: %w", id, ErrInvalidSpaceID)
+	}
+	var sp Space
+	err := d.pool.QueryRow(ctx, `SELECT id, app, machine, created_at FROM directory.spaces WHERE id = $1`, id).
+		Scan(&sp.ID, &sp.App, &sp.Machine, &sp.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Space{}, fmt.Errorf("look up space %s: %w", id, ErrSpaceNotFound)
+	}
+	if err != nil {
+		return Space{}, fmt.Errorf("look up space %s: %w", id, err)
+	}
+	return sp, nil
+}
+
+// GetSpace returns space id, read fresh from the database. It is Lookup under
+// the name the admin API uses.
+func (d *Directory) GetSpace(ctx context.Context, id string) (Space, error) {
+	return d.Lookup(ctx, id)
+}
+
+// ListSpaces returns up to limit spaces with IDs after the given one, in ID
+// order (keyset pagination: pass the last ID of a page to get the next). A
+// limit of 0 or less means DefaultListLimit; more than MaxListLimit means
+// MaxListLimit.
+func (d *Directory) ListSpaces(ctx context.Context, after string, limit int) ([]Space, error) {
+	if limit <= 0 {
+		limit = DefaultListLimit
+	}
+	limit = min(limit, MaxListLimit)
+	rows, err := d.pool.Query(ctx, `
+		SELECT id, app, machine, created_at FROM directory.spaces
+		WHERE id > $1 ORDER BY id LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list spaces: %w", err)
+	}
+	spaces, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Space, error) {
+		var sp Space
+		err := row.Scan(&sp.ID, &sp.App, &sp.Machine, &sp.CreatedAt)
+		return sp, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list spaces: %w", err)
+	}
+	return spaces, nil
+}
+
+// MoveSpace assigns space id to machine (and to that machine's app). The
+// update and its NOTIFY on NotifyChannel commit together, so every listener
+// drops the old placement as soon as it is no longer true. The target need
+// not be live: a stopped Fly machine is started by the replay that reaches
+// it. Errors: ErrInvalidSpaceID, ErrSpaceNotFound, ErrMachineNotFound.
+func (d *Directory) MoveSpace(ctx context.Context, id, machine string) (Space, error) {
+	if !protocol.ValidSpaceID(id) {
+		return Space{}, fmt.Errorf("move space %.64q: %w", id, ErrInvalidSpaceID)
+	}
+	if !validName(machine) {
+		return Space{}, fmt.Errorf("move space %s to machine %.64q: %w", id, machine, ErrMachineNotFound)
+	}
+	var sp Space
+	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		var from string
+		err := tx.QueryRow(ctx, `SELECT machine FROM directory.spaces WHERE id = $1 FOR UPDATE`, id).Scan(&from)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrSpaceNotFound
+		}
+		if err != nil {
+			return err
+		}
+		// Lock both machine rows in ID order before the trigger adjusts
+		// their counts: two opposite moves (A->B and B->A) would otherwise
+		// lock them in opposite orders and deadlock.
+		rows, err := tx.Query(ctx, `
+			SELECT id, app FROM directory.machines WHERE id = ANY($1) ORDER BY id FOR UPDATE`,
+			[]string{from, machine})
+		if err != nil {
+			return err
+		}
+		var app string
+		for rows.Next() {
+			var mid, mapp string
+			if err := rows.Scan(&mid, &mapp); err != nil {
+				rows.Close()
+				return err
+			}
+			if mid == machine {
+				app = mapp
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if app == "" {
+			return ErrMachineNotFound
+		}
+		return tx.QueryRow(ctx, `
+			UPDATE directory.spaces SET machine = $2, app = $3 WHERE id = $1
+			RETURNING id, app, machine, created_at`, id, machine, app).
+			Scan(&sp.ID, &sp.App, &sp.Machine, &sp.CreatedAt)
+	})
+	if err != nil {
+		return Space{}, fmt.Errorf("move space %s to machine %s: %w", id, machine, err)
+	}
+	return sp, nil
+}

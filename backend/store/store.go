@@ -1,0 +1,339 @@
+// Package store keeps spaces in Postgres: their entries (with tombstones),
+// their Replicache clients and client groups, their version, and the epoch
+// that fences owners. It owns the replica_* tables and their migrations.
+//
+// Fencing: Claim bumps a space's epoch and returns it; every Commit is
+// conditional on that epoch and updates the space row first, so a machine
+// that lost the space (moved, or a second machine claimed it) fails its next
+// commit with ErrFenced. Two machines can never both commit to one space.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spaceport-sync/spaceport/backend/migrate"
+)
+
+// Errors.
+var (
+	// ErrFenced means another owner claimed the space since our Claim.
+	ErrFenced = errors.New("space claimed by another owner")
+	// ErrCommitUnknown means the outcome of a commit is unknown (the
+	// connection failed while COMMIT was in flight): the caller must assume
+	// neither outcome and reload the space.
+	ErrCommitUnknown = errors.New("commit outcome unknown")
+)
+
+var migrations = []migrate.Migration{
+	{Version: 1, Name: "replica tables", SQL: `
+CREATE TABLE replica_spaces (
+	id text PRIMARY KEY,
+	version bigint NOT NULL DEFAULT 0,
+	epoch bigint NOT NULL DEFAULT 0,
+	owner text NOT NULL DEFAULT '',
+	gc_horizon bigint NOT NULL DEFAULT 0,
+	created_at timestamptz NOT NULL DEFAULT now(),
+	updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE replica_entries (
+	space_id text NOT NULL,
+	key text COLLATE "C" NOT NULL,
+	value json,
+	version bigint NOT NULL,
+	deleted boolean NOT NULL DEFAULT false,
+	updated_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (space_id, key)
+);
+CREATE INDEX replica_entries_tombstones ON replica_entries (space_id, updated_at) WHERE deleted;
+CREATE TABLE replica_client_groups (
+	space_id text NOT NULL,
+	id text NOT NULL,
+	user_id text NOT NULL DEFAULT '',
+	forgotten boolean NOT NULL DEFAULT false,
+	last_seen timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (space_id, id)
+);
+CREATE TABLE replica_clients (
+	space_id text NOT NULL,
+	id text NOT NULL,
+	client_group_id text NOT NULL,
+	last_mutation_id bigint NOT NULL,
+	version bigint NOT NULL,
+	PRIMARY KEY (space_id, id)
+);
+CREATE INDEX replica_clients_group ON replica_clients (space_id, client_group_id);
+`},
+}
+
+// Entry is one key of a space. A tombstone has Deleted set and no Value.
+type Entry struct {
+	Key     string
+	Value   []byte
+	Version int64
+	Deleted bool
+}
+
+// Client is a Replicache client's last processed mutation.
+type Client struct {
+	ID             string
+	GroupID        string
+	LastMutationID int64
+	Version        int64 // the space version that last changed LastMutationID
+}
+
+// Group is a Replicache client group.
+type Group struct {
+	ID        string
+	UserID    string
+	Forgotten bool // its clients were garbage-collected: ClientStateNotFound
+}
+
+// Snapshot is a space as Claim loaded it.
+type Snapshot struct {
+	Epoch   int64
+	Version int64
+	Horizon int64 // tombstones at or below this version may be gone
+	Entries []Entry
+	Clients []Client
+	Groups  []Group
+}
+
+// Batch is what one group commit writes: everything at Version.
+type Batch struct {
+	Version int64
+	Entries []Entry // each key at most once
+	Clients []Client
+	Groups  []Group // groups seen in this batch: created, or last_seen refreshed
+}
+
+// Store is the Postgres persistence of spaces.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// Open runs the store's migrations and returns the store.
+func Open(ctx context.Context, pool *pgxpool.Pool) (*Store, error) {
+	if err := migrate.Up(ctx, pool, "replica", migrations); err != nil {
+		return nil, err
+	}
+	return &Store{pool: pool}, nil
+}
+
+// Claim makes owner the space's owner (creating the space if new) by bumping
+// its epoch, and loads it. The epoch bump and the reads happen in one
+// transaction: a commit of the previous owner either finished before our
+// bump (and is in the snapshot) or fails with ErrFenced.
+func (s *Store) Claim(ctx context.Context, spaceID, owner string) (*Snapshot, error) {
+	snap := &Snapshot{}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `
+INSERT INTO replica_spaces (id, epoch, owner) VALUES ($1, 1, $2)
+ON CONFLICT (id) DO UPDATE SET epoch = replica_spaces.epoch + 1, owner = excluded.owner, updated_at = now()
+RETURNING epoch, version, gc_horizon`, spaceID, owner).Scan(&snap.Epoch, &snap.Version, &snap.Horizon)
+		if err != nil {
+			return fmt.Errorf("bump epoch: %w", err)
+		}
+		rows, err := tx.Query(ctx, `SELECT key, value, version, deleted FROM replica_entries WHERE space_id = $1`, spaceID)
+		if err != nil {
+			return fmt.Errorf("read entries: %w", err)
+		}
+		for rows.Next() {
+			var e Entry
+			if err := rows.Scan(&e.Key, &e.Value, &e.Version, &e.Deleted); err != nil {
+				rows.Close()
+				return fmt.Errorf("read entries: %w", err)
+			}
+			snap.Entries = append(snap.Entries, e)
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read entries: %w", err)
+		}
+		rows, err = tx.Query(ctx, `SELECT id, client_group_id, last_mutation_id, version FROM replica_clients WHERE space_id = $1`, spaceID)
+		if err != nil {
+			return fmt.Errorf("read clients: %w", err)
+		}
+		snap.Clients, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Client, error) {
+			var c Client
+			err := r.Scan(&c.ID, &c.GroupID, &c.LastMutationID, &c.Version)
+			return c, err
+		})
+		if err != nil {
+			return fmt.Errorf("read clients: %w", err)
+		}
+		rows, err = tx.Query(ctx, `SELECT id, user_id, forgotten FROM replica_client_groups WHERE space_id = $1`, spaceID)
+		if err != nil {
+			return fmt.Errorf("read client groups: %w", err)
+		}
+		snap.Groups, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Group, error) {
+			var g Group
+			err := r.Scan(&g.ID, &g.UserID, &g.Forgotten)
+			return g, err
+		})
+		if err != nil {
+			return fmt.Errorf("read client groups: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim space %s: %w", spaceID, err)
+	}
+	return snap, nil
+}
+
+// Commit writes a batch at b.Version if epoch still owns the space. It
+// returns ErrFenced if another owner claimed it, ErrCommitUnknown if the
+// COMMIT itself failed in flight, and another error (nothing written) for a
+// failure before COMMIT.
+func (s *Store) Commit(ctx context.Context, spaceID string, epoch int64, b *Batch) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("commit space %s: begin: %w", spaceID, err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck // no-op after Commit
+
+	batch := &pgx.Batch{}
+	// The space row first: it takes the row lock that orders us against a
+	// concurrent Claim, and its epoch condition is the fence.
+	batch.Queue(`UPDATE replica_spaces SET version = $2, updated_at = now() WHERE id = $1 AND epoch = $3`, spaceID, b.Version, epoch)
+	if len(b.Entries) > 0 {
+		keys := make([]string, len(b.Entries))
+		values := make([]*string, len(b.Entries))
+		deleted := make([]bool, len(b.Entries))
+		for i, e := range b.Entries {
+			keys[i], deleted[i] = e.Key, e.Deleted
+			if !e.Deleted {
+				v := string(e.Value)
+				values[i] = &v
+			}
+		}
+		batch.Queue(`
+INSERT INTO replica_entries (space_id, key, value, version, deleted)
+SELECT $1, k, v, $2, d FROM unnest($3::text[], $4::json[], $5::bool[]) AS t(k, v, d)
+ON CONFLICT (space_id, key) DO UPDATE
+SET value = excluded.value, version = excluded.version, deleted = excluded.deleted, updated_at = now()`,
+			spaceID, b.Version, keys, values, deleted)
+	}
+	if len(b.Groups) > 0 {
+		ids := make([]string, len(b.Groups))
+		users := make([]string, len(b.Groups))
+		for i, g := range b.Groups {
+			ids[i], users[i] = g.ID, g.UserID
+		}
+		batch.Queue(`
+INSERT INTO replica_client_groups (space_id, id, user_id)
+SELECT $1, g, u FROM unnest($2::text[], $3::text[]) AS t(g, u)
+ON CONFLICT (space_id, id) DO UPDATE SET last_seen = now()`, spaceID, ids, users)
+	}
+	if len(b.Clients) > 0 {
+		ids := make([]string, len(b.Clients))
+		groups := make([]string, len(b.Clients))
+		lmids := make([]int64, len(b.Clients))
+		for i, c := range b.Clients {
+			ids[i], groups[i], lmids[i] = c.ID, c.GroupID, c.LastMutationID
+		}
+		batch.Queue(`
+INSERT INTO replica_clients (space_id, id, client_group_id, last_mutation_id, version)
+SELECT $1, c, g, l, $2 FROM unnest($3::text[], $4::text[], $5::bigint[]) AS t(c, g, l)
+ON CONFLICT (space_id, id) DO UPDATE SET last_mutation_id = excluded.last_mutation_id, version = excluded.version`,
+			spaceID, b.Version, ids, groups, lmids)
+	}
+	results := tx.SendBatch(ctx, batch)
+	tag, err := results.Exec()
+	if err != nil {
+		results.Close()
+		return fmt.Errorf("commit space %s: %w", spaceID, err)
+	}
+	if tag.RowsAffected() != 1 {
+		results.Close()
+		return fmt.Errorf("commit space %s at epoch %d: %w", spaceID, epoch, ErrFenced)
+	}
+	if err := results.Close(); err != nil {
+		return fmt.Errorf("commit space %s: %w", spaceID, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			// The server answered: it rolled back.
+			return fmt.Errorf("commit space %s: %w", spaceID, err)
+		}
+		return fmt.Errorf("commit space %s: %w: %w", spaceID, ErrCommitUnknown, err)
+	}
+	return nil
+}
+
+// Garbage is what CollectGarbage removed.
+type Garbage struct {
+	Horizon         int64    // the space's new tombstone horizon
+	Tombstones      []string // keys whose tombstones are gone
+	ForgottenGroups []string // client groups whose clients are gone
+}
+
+// CollectGarbage removes tombstones older than tombstoneTTL and forgets
+// client groups not seen for groupTTL (zero disables either), if epoch still
+// owns the space. The horizon rises to the newest removed tombstone, so a
+// client whose cookie is below it gets a full resync instead of a diff that
+// would miss a delete.
+func (s *Store) CollectGarbage(ctx context.Context, spaceID string, epoch int64, tombstoneTTL, groupTTL time.Duration) (*Garbage, error) {
+	g := &Garbage{}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `SELECT gc_horizon FROM replica_spaces WHERE id = $1 AND epoch = $2 FOR UPDATE`, spaceID, epoch).Scan(&g.Horizon)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrFenced
+		}
+		if err != nil {
+			return err
+		}
+		if tombstoneTTL > 0 {
+			rows, err := tx.Query(ctx, `
+DELETE FROM replica_entries WHERE space_id = $1 AND deleted AND updated_at < now() - $2::interval
+RETURNING key, version`, spaceID, tombstoneTTL)
+			if err != nil {
+				return err
+			}
+			var key string
+			var version int64
+			_, err = pgx.ForEachRow(rows, []any{&key, &version}, func() error {
+				g.Tombstones = append(g.Tombstones, key)
+				g.Horizon = max(g.Horizon, version)
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `UPDATE replica_spaces SET gc_horizon = $2 WHERE id = $1`, spaceID, g.Horizon); err != nil {
+				return err
+			}
+		}
+		if groupTTL > 0 {
+			rows, err := tx.Query(ctx, `
+UPDATE replica_client_groups SET forgotten = true
+WHERE space_id = $1 AND NOT forgotten AND last_seen < now() - $2::interval RETURNING id`, spaceID, groupTTL)
+			if err != nil {
+				return err
+			}
+			g.ForgottenGroups, err = pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return err
+			}
+			if len(g.ForgottenGroups) > 0 {
+				if _, err := tx.Exec(ctx, `DELETE FROM replica_clients WHERE space_id = $1 AND client_group_id = ANY($2)`, spaceID, g.ForgottenGroups); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("collect garbage in space %s: %w", spaceID, err)
+	}
+	return g, nil
+}
+
+// Ping checks that Postgres answers.
+func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }

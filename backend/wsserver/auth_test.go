@@ -1,0 +1,163 @@
+package wsserver_test
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spaceport-sync/spaceport/backend/auth"
+	"github.com/spaceport-sync/spaceport/backend/mutator"
+	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
+	"github.com/spaceport-sync/spaceport/backend/syncclient"
+	"github.com/spaceport-sync/spaceport/backend/wsserver"
+	"github.com/spaceport-sync/spaceport/fly/replay"
+)
+
+const testSecret = "test-secret-test-secret-test-secret!"
+
+func authBackend(t *testing.T, cfg wsserver.Config) (*backend, *auth.Keys) {
+	t.Helper()
+	keys, err := auth.NewKeys(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Auth = keys
+	return startBackend(t, pgtest.NewDatabase(t), "m1", backendOpts{ws: cfg}), keys
+}
+
+func token(t *testing.T, k *auth.Keys, user, spaces string, role mutator.Role, ttl time.Duration) string {
+	t.Helper()
+	tok, err := k.Issue(auth.Grant{UserID: user, Spaces: spaces, Role: role, TTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func dialClosed(t *testing.T, url string) int {
+	t.Helper()
+	ctx := testCtx(t)
+	c, err := syncclient.Dial(ctx, url, syncclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Done():
+	case <-ctx.Done():
+		t.Fatal("connection not closed")
+	}
+	return int(c.CloseStatus())
+}
+
+func TestAuth_TokensAreCheckedAfterTheUpgrade(t *testing.T) {
+	b, k := authBackend(t, wsserver.Config{})
+	expired := token(t, k, "alice", "*", mutator.RoleEditor, time.Nanosecond)
+	time.Sleep(time.Millisecond)
+	for name, tc := range map[string]struct {
+		query string
+		code  int
+	}{
+		"missing":     {"", 4001},
+		"garbage":     {"?token=garbage", 4001},
+		"expired":     {"?token=" + expired, 4001},
+		"other space": {"?token=" + token(t, k, "alice", "other-*", mutator.RoleEditor, time.Hour), 4003},
+		"forged":      {"?token=" + token(t, mustKeys(t, strings.Repeat("z", 40)), "alice", "*", mutator.RoleEditor, time.Hour), 4001},
+	} {
+		if got := dialClosed(t, b.url("s")+tc.query); got != tc.code {
+			t.Errorf("%s: closed with %d, want %d", name, got, tc.code)
+		}
+	}
+	ok := b.dial(t, "s", syncclient.Options{}.WithToken(token(t, k, "alice", "s", mutator.RoleEditor, time.Hour)))
+	mustMutate(t, ok, "increment", map[string]any{"key": "n", "delta": 1})
+}
+
+func mustKeys(t *testing.T, secret string) *auth.Keys {
+	t.Helper()
+	k, err := auth.NewKeys(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// Mutators see the caller: a viewer may only increment reactions/ keys; its
+// other mutations are refused as permanent errors (lastMutationID advances).
+func TestAuth_ViewersMayOnlyReact(t *testing.T) {
+	b, k := authBackend(t, wsserver.Config{})
+	editor := b.dial(t, "s", syncclient.Options{}.WithToken(token(t, k, "ed", "s", mutator.RoleEditor, time.Hour)))
+	mustMutate(t, editor, "createTodo", map[string]any{"id": "t1", "text": "mine"})
+	viewer := b.dial(t, "s", syncclient.Options{}.WithToken(token(t, k, "vi", "s", mutator.RoleViewer, time.Hour)))
+	mustMutate(t, viewer, "createTodo", map[string]any{"id": "t2", "text": "sneaky"})
+	mustMutate(t, viewer, "deleteTodo", "t1")
+	mustMutate(t, viewer, "increment", map[string]any{"key": "counter", "delta": 1})
+	mustMutate(t, viewer, "increment", map[string]any{"key": "reactions/like", "delta": 1})
+	s := viewer.State()
+	if s.Data["todo/t1"] == nil || s.Data["todo/t2"] != nil || s.Data["counter"] != nil || string(s.Data["reactions/like"]) != "1" {
+		t.Fatalf("viewer's effects: %v", keys(s))
+	}
+}
+
+// Mutation recovery may push for another client group, but only for a group
+// of the same user.
+func TestAuth_ClientGroupsBelongToTheirUser(t *testing.T) {
+	b, k := authBackend(t, wsserver.Config{})
+	alice := b.dial(t, "s", syncclient.Options{ClientGroupID: "alice-group"}.WithToken(token(t, k, "alice", "s", mutator.RoleEditor, time.Hour)))
+	mustMutate(t, alice, "increment", map[string]any{"key": "n", "delta": 1})
+	mallory := b.dial(t, "s", syncclient.Options{}.WithToken(token(t, k, "mallory", "s", mutator.RoleEditor, time.Hour)))
+	m := mallory.Mutation("increment", map[string]any{"key": "n", "delta": 100})
+	ans, err := mallory.PushAs(testCtx(t), "alice-group", m)
+	if err != nil || !strings.Contains(string(ans), `"code":"forbidden"`) {
+		t.Fatalf("push into another user's group: %s %v", ans, err)
+	}
+}
+
+func TestAuth_TokenExpiringWhileConnectedCloses4001(t *testing.T) {
+	b, k := authBackend(t, wsserver.Config{})
+	c := b.dial(t, "s", syncclient.Options{}.WithToken(token(t, k, "alice", "s", mutator.RoleEditor, 1500*time.Millisecond)))
+	select {
+	case <-c.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("not closed when the token expired")
+	}
+	if got := c.CloseStatus(); got != 4001 {
+		t.Fatalf("closed with %d, want 4001", got)
+	}
+}
+
+// With a replay secret, only requests replayed by the edge with that secret
+// in their state reach the WebSocket.
+func TestReplaySecret_RefusesRequestsAroundTheRouter(t *testing.T) {
+	b := startBackend(t, pgtest.NewDatabase(t), "m1", backendOpts{ws: wsserver.Config{ReplaySecret: "s3cret"}})
+	for name, h := range map[string]string{
+		"no header":    "",
+		"wrong secret": replay.Source{Instance: "aaaaaaaaaaaaaa", Region: "local", Time: time.Now(), State: "guess"}.String(),
+		"malformed":    `state="unterminated`,
+	} {
+		req, _ := http.NewRequest("GET", b.http.URL+"/api/replicache/websocket/s", nil)
+		if h != "" {
+			req.Header.Set(replay.SourceHeader, h)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s: status %d, want 403", name, resp.StatusCode)
+		}
+	}
+	hdr := http.Header{}
+	hdr.Set(replay.SourceHeader, replay.Source{Instance: "aaaaaaaaaaaaaa", Region: "local", Time: time.Now(), State: "s3cret"}.String())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := syncclient.Dial(ctx, b.url("s"), syncclient.Options{Header: hdr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Kill()
+	if err := c.WaitPokes(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,169 @@
+package wsserver_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
+	"github.com/spaceport-sync/spaceport/backend/protocol"
+	"github.com/spaceport-sync/spaceport/backend/syncclient"
+)
+
+func TestSync_TwoClientsSeeEachOther(t *testing.T) {
+	b := startBackend(t, pgtest.NewDatabase(t), "m1", backendOpts{})
+	a := b.dial(t, "list", syncclient.Options{})
+	c := b.dial(t, "list", syncclient.Options{})
+	if w := a.Welcome(); w == nil || w.MachineID != "m1" || w.SpaceID != "list" || w.Protocol != 1 {
+		t.Fatalf("welcome = %+v", w)
+	}
+
+	mustMutate(t, a, "createTodo", map[string]any{"id": "t1", "text": "milk", "completed": false})
+	ctx := testCtx(t)
+	if err := c.WaitFor(ctx, func(s *syncclient.State) bool { return s.Data["todo/t1"] != nil }); err != nil {
+		t.Fatal(err)
+	}
+	if td := todo(t, c.State(), "t1"); td.Text != "milk" || td.Sort != 1 {
+		t.Fatalf("todo at other client = %+v", td)
+	}
+	mustMutate(t, c, "updateTodo", map[string]any{"id": "t1", "completed": true})
+	if err := a.WaitFor(ctx, func(s *syncclient.State) bool { return strings.Contains(string(s.Data["todo/t1"]), `"completed":true`) }); err != nil {
+		t.Fatal(err)
+	}
+	mustMutate(t, a, "deleteTodo", "t1")
+	if err := c.WaitFor(ctx, func(s *syncclient.State) bool { return s.Data["todo/t1"] == nil }); err != nil {
+		t.Fatal(err)
+	}
+	// The pusher sees its own mutation confirmed by a poke, and the other
+	// client learns nothing about it (lastMutationIDs are per client group).
+	if got := a.State().LMIDs[a.ClientID]; got != 2 {
+		t.Fatalf("a's lmid = %d, want 2", got)
+	}
+	if _, ok := c.State().LMIDs[a.ClientID]; ok {
+		t.Fatalf("c learned the lmid of a client of another group")
+	}
+	noErrors(t, a, c)
+}
+
+func TestSync_NewClientGetsAllAndReconnectGetsOnlyTheDiff(t *testing.T) {
+	b := startBackend(t, pgtest.NewDatabase(t), "m1", backendOpts{})
+	a := b.dial(t, "list", syncclient.Options{})
+	for i := range 20 {
+		mustMutate(t, a, "createTodo", map[string]any{"id": fmt.Sprint("t", i), "text": "x"})
+	}
+	mustMutate(t, a, "increment", map[string]any{"key": "counter", "delta": 5})
+
+	// A new client gets clear + everything in its first poke.
+	n := b.dial(t, "list", syncclient.Options{})
+	first := n.Pokes()[0]
+	if !first.Cleared || first.Ops != 22 || len(n.State().Data) != 21 {
+		t.Fatalf("first poke of a new client: %+v, %d keys", first, len(n.State().Data))
+	}
+	saved := n.State()
+	group := n.ClientGroupID
+	n.Close()
+
+	// While it is away: one update and one delete.
+	mustMutate(t, a, "updateTodo", map[string]any{"id": "t3", "text": "changed"})
+	mustMutate(t, a, "deleteTodo", "t4")
+
+	// It comes back with its old cookie: the poke holds exactly those two.
+	r := b.dial(t, "list", syncclient.Options{ClientGroupID: group, State: saved})
+	ctx := testCtx(t)
+	if err := r.WaitFor(ctx, func(s *syncclient.State) bool { return s.Data["todo/t4"] == nil }); err != nil {
+		t.Fatal(err)
+	}
+	p := r.Pokes()[0]
+	if p.Cleared || p.Ops != 2 {
+		t.Fatalf("reconnect poke = %+v, want 2 ops and no clear", p)
+	}
+	if !maps.EqualFunc(r.State().Data, a.State().Data, jsonEq) {
+		t.Fatalf("replicas differ after reconnect")
+	}
+	noErrors(t, a, n, r)
+}
+
+func jsonEq(x, y json.RawMessage) bool { return string(x) == string(y) }
+
+// The counter that must never lose an increment: 20 clients x 50 increments,
+// pushed concurrently, with duplicate re-sends, stale re-sends of whole
+// batches and reconnects in between.
+func TestSync_CounterNeverLosesOrDoublesAnIncrement(t *testing.T) {
+	const clients, each = 20, 50
+	b := startBackend(t, pgtest.NewDatabase(t), "m1", backendOpts{})
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i := range clients {
+		wg.Go(func() {
+			errs <- runIncrementer(b, i, each)
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := b.dial(t, "counter", syncclient.Options{})
+	if got := string(check.State().Data["counter"]); got != fmt.Sprint(clients*each) {
+		t.Fatalf("counter = %s, want %d", got, clients*each)
+	}
+}
+
+func runIncrementer(b *backend, n, each int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rng := rand.New(rand.NewPCG(uint64(n), 7))
+	group, id := fmt.Sprint("cg-", n), fmt.Sprint("c-", n)
+	var state *syncclient.State
+	var sent []protocol.Mutation // every mutation made, none known lost
+	next := int64(1)
+	for next <= int64(each) {
+		c, err := syncclient.Dial(ctx, b.url("counter"), syncclient.Options{ClientGroupID: group, ClientID: id, State: state, NextMutationID: next})
+		if err != nil {
+			return err
+		}
+		// A few pushes on this connection, then a reconnect.
+		for k := 0; k < 1+rng.IntN(8) && next <= int64(each); k++ {
+			m := c.Mutation("increment", map[string]any{"key": "counter", "delta": 1})
+			next++
+			sent = append(sent, m)
+			// Replicache re-sends everything pending; we also re-send
+			// random older ones, which the server must skip.
+			batch := []protocol.Mutation{m}
+			if rng.IntN(3) == 0 && len(sent) > 1 {
+				from := rng.IntN(len(sent))
+				batch = append([]protocol.Mutation{}, sent[from:]...)
+			}
+			if _, err := c.Push(ctx, batch...); err != nil {
+				return err
+			}
+			if rng.IntN(4) == 0 {
+				// Duplicate send of the same push.
+				if _, err := c.Push(ctx, batch...); err != nil {
+					return err
+				}
+			}
+		}
+		if err := c.WaitLMID(ctx, next-1); err != nil {
+			return fmt.Errorf("client %d: %w", n, err)
+		}
+		if errs := c.Errors(); len(errs) > 0 {
+			return fmt.Errorf("client %d: %v", n, errs)
+		}
+		state = c.State()
+		if rng.IntN(2) == 0 {
+			c.Kill()
+		} else {
+			c.Close()
+		}
+	}
+	return nil
+}

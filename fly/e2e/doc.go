@@ -1,0 +1,7 @@
+// Package e2e holds the end-to-end tests of the whole system on one computer: the real router and backend
+// binaries run as flylocal's machines against a real Postgres, and Go sync clients talk to them only through
+// flylocal's edge, as browsers do. TestMakeDev runs scripts/dev (what `make dev` runs) and checks that it comes
+// up, syncs and stops everything it started.
+//
+// The tests build binaries and run processes; `go test -short` skips them.
+package e2e
