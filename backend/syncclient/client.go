@@ -188,6 +188,17 @@ func Dial(ctx context.Context, url string, o Options) (*Client, error) {
 		hello := map[string]any{"type": "hello", "clientGroupID": c.ClientGroupID, "clientID": c.ClientID,
 			"cookie": c.state.Cookie, "schemaVersion": c.schema}
 		if err := c.SendJSON(ctx, hello); err != nil {
+			// A server that refuses the connection (bad token, wrong owner)
+			// closes it right after the upgrade, possibly before our hello is
+			// written. That close is the answer the caller wants, so hand back
+			// the closed client when the reader saw a close frame.
+			select {
+			case <-c.done:
+				if c.CloseStatus() >= 0 {
+					return c, nil
+				}
+			case <-time.After(time.Second):
+			}
 			c.Close()
 			return nil, err
 		}

@@ -361,6 +361,8 @@ func TestReplay_DirectoryDown(t *testing.T) {
 	if resp := r.do(http.MethodPost, "/api/spaces", `{"id":"warm"}`); resp.status != http.StatusCreated {
 		t.Fatalf("create: %d %s", resp.status, resp.body)
 	}
+	// The creation's NOTIFY evicts "warm"; let it arrive before caching it.
+	r.waitMetric("spaceport_router_directory_changes_total", 1)
 	if got := r.replayTarget("warm"); got != m1 {
 		t.Fatalf("replay to %s, want %s", got, m1)
 	}

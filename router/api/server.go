@@ -125,7 +125,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.S
 // cache whenever the notification stream (re)starts. Run it in a goroutine
 // owned by whoever owns the Server.
 func (s *Server) RunInvalidation(ctx context.Context) {
-	s.dir.Listen(ctx, s.cache.Evict, func() {
+	s.dir.Listen(ctx, func(id string) {
+		s.cache.Evict(id)
+		s.metrics.changesHeard.Inc()
+	}, func() {
 		s.cache.Purge()
 		s.metrics.listenResets.Inc()
 		s.log.Info("router: following directory changes; cache purged")
@@ -218,6 +221,7 @@ type metrics struct {
 	decisions     *prometheus.CounterVec
 	lookupSeconds *prometheus.HistogramVec
 	listenResets  prometheus.Counter
+	changesHeard  prometheus.Counter
 }
 
 // Replay decision outcomes.
@@ -248,6 +252,10 @@ func newMetrics() *metrics {
 			Name: "spaceport_router_directory_listen_resets_total",
 			Help: "Times the directory change stream was (re)established and the cache purged.",
 		}),
+		changesHeard: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "spaceport_router_directory_changes_total",
+			Help: "Placement changes (create, move, delete) heard from the directory, each evicting one cache entry.",
+		}),
 	}
 	for _, o := range []string{outcomeReplayed, outcomeNotFound, outcomeInvalidID, outcomeUnavailable, outcomeCanceled} {
 		m.decisions.WithLabelValues(o)
@@ -255,7 +263,7 @@ func newMetrics() *metrics {
 	for _, r := range []string{"found", "not_found", "error"} {
 		m.lookupSeconds.WithLabelValues(r)
 	}
-	m.registry.MustRegister(m.decisions, m.lookupSeconds, m.listenResets,
+	m.registry.MustRegister(m.decisions, m.lookupSeconds, m.listenResets, m.changesHeard,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
