@@ -20,6 +20,7 @@ fuzz:
 	go test -run=^$$ -fuzz=FuzzDecodeClientFrame -fuzztime=$(FUZZTIME) ./backend/protocol
 	go test -run=^$$ -fuzz=FuzzVerify -fuzztime=$(FUZZTIME) ./backend/auth
 	go test -run=^$$ -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./fly/replay
+	go test -run=^$$ -fuzz=FuzzDecodePoke -fuzztime=$(FUZZTIME) ./backend/syncclient
 
 frontend/node_modules: frontend/package-lock.json
 	cd frontend && npm ci --no-audit --no-fund
