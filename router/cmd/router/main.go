@@ -26,6 +26,7 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/auth"
 	"github.com/spaceport-sync/spaceport/backend/directory"
 	"github.com/spaceport-sync/spaceport/router/api"
+	"github.com/spaceport-sync/spaceport/router/routecache"
 )
 
 // Defaults of the environment.
@@ -54,6 +55,8 @@ Spaceport router. Configured by environment:
   DEV_TOKENS     1: serve POST /api/dev/token, a token for anyone (refused unless FLY_REGION=local)
   REPLAY_SECRET  put in the fly-replay state; backends with the same secret admit only replayed requests
   ADMIN_TOKEN    bearer token required to move spaces (PUT /api/spaces/{id}/machine); unset leaves it open
+  CACHE_TTL      how long a cached placement is trusted without a directory read, as a Go duration; NOTIFY
+                 evicts moved spaces at once, so this only bounds staleness after a missed one (default 30s)
   LOG_FORMAT     json or text (default: json on Fly, text elsewhere)
   LOG_LEVEL      debug, info, warn or error (default info)
   FLY_MACHINE_ID, FLY_REGION   added to every log line when set
@@ -82,6 +85,7 @@ type config struct {
 	devTokens   bool
 	replay      string
 	adminToken  string
+	cacheTTL    time.Duration
 }
 
 func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
@@ -138,6 +142,13 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 		}
 		c.devTokens = true
 	}
+	if v := getenv("CACHE_TTL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return config{}, fmt.Errorf("CACHE_TTL %q: want a positive duration such as 30s", v)
+		}
+		c.cacheTTL = d
+	}
 	if c.logFormat != "json" && c.logFormat != "text" {
 		return config{}, fmt.Errorf("LOG_FORMAT %q: want json or text", c.logFormat)
 	}
@@ -193,7 +204,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return err
 	}
 	apiCfg := api.Config{Directory: dir, App: cfg.backendApp, StaticDir: cfg.staticDir, Logger: log,
-		Auth: cfg.auth, DevTokens: cfg.devTokens, ReplaySecret: cfg.replay}
+		Auth: cfg.auth, DevTokens: cfg.devTokens, ReplaySecret: cfg.replay,
+		Cache: routecache.Config{TTL: cfg.cacheTTL}}
 	if cfg.adminToken != "" {
 		apiCfg.AdminAuth = bearer(cfg.adminToken)
 	}
