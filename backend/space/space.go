@@ -234,6 +234,7 @@ func (m *Manager) Join(ctx context.Context, spaceID string, p Peer) (*Space, err
 	// again right before a load, since the space may move while we wait
 	// for an unload to finish.
 	if err := m.assigned(ctx, spaceID); err != nil {
+		m.letGoIfMoved(spaceID, nil, err)
 		return nil, err
 	}
 	checked := true
@@ -247,6 +248,7 @@ func (m *Manager) Join(ctx context.Context, spaceID string, p Peer) (*Space, err
 		if s == nil && !checked {
 			m.mu.Unlock()
 			if err := m.assigned(ctx, spaceID); err != nil {
+				m.letGoIfMoved(spaceID, nil, err)
 				return nil, err
 			}
 			checked = true
@@ -358,18 +360,31 @@ func (m *Manager) Recheck(ctx context.Context, spaceID string) {
 		return
 	}
 	err := m.cfg.Assigner.Assigned(ctx, spaceID)
+	if err != nil && !errors.Is(err, ErrMoved) {
+		m.cfg.Logger.Warn("recheck space assignment failed", "space", spaceID, "err", err)
+		return
+	}
+	m.letGoIfMoved(spaceID, s, err)
+}
+
+// letGoIfMoved closes a loaded space with 4004 when err says the directory
+// gives it to another machine. A join refused as moved is how a machine
+// learns of a move whose announcement it missed (the router that sent the
+// client had missed it too): keeping the space would leave its clients on a
+// machine that no longer owns it. only, when set, limits this to that
+// instance of the space.
+func (m *Manager) letGoIfMoved(spaceID string, only *Space, err error) {
 	if !errors.Is(err, ErrMoved) {
-		if err != nil {
-			m.cfg.Logger.Warn("recheck space assignment failed", "space", spaceID, "err", err)
-		}
 		return
 	}
 	m.mu.Lock()
-	if m.spaces[spaceID] == s && !s.closing {
-		m.cfg.Logger.Info("space moved away; closing its connections", "space", spaceID)
-		m.stopLocked(s, protocol.CloseMoved)
+	defer m.mu.Unlock()
+	s := m.spaces[spaceID]
+	if s == nil || s.closing || (only != nil && s != only) {
+		return
 	}
-	m.mu.Unlock()
+	m.cfg.Logger.Info("space moved away; closing its connections", "space", spaceID)
+	m.stopLocked(s, protocol.CloseMoved)
 }
 
 // RecheckAll rechecks every loaded space (after the directory's change feed

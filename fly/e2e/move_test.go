@@ -28,7 +28,8 @@ const routerApp = "spaceport-router"
 
 // openSystem runs the real router (one machine) and backend (backends machines) binaries under flylocal against a
 // fresh Postgres database. Everything stops when the test ends; a data race or a crash in a machine fails the test.
-func openSystem(t *testing.T, backends int, adminToken string) *flylocal.Server {
+// Each option may change the machines' environment (and read it: DATABASE_URL is the test's database).
+func openSystem(t *testing.T, backends int, adminToken string, options ...func(env map[string]string)) *flylocal.Server {
 	t.Helper()
 	routerBin, backendBin := buildCommands(t)
 	env := map[string]string{
@@ -42,6 +43,9 @@ func openSystem(t *testing.T, backends int, adminToken string) *flylocal.Server 
 		"ADMIN_TOKEN":   adminToken,
 	}
 	maps.Copy(env, raceEnv())
+	for _, o := range options {
+		o(env)
+	}
 	cfg := flylocal.Config{
 		Listen:   "127.0.0.1:0",
 		StateDir: t.TempDir(),

@@ -1,0 +1,122 @@
+package e2e_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// staleCacheTTL is the router's CACHE_TTL in TestFlylocal_StaleRouterCache: short, so the stale placement expires
+// within the test.
+const staleCacheTTL = 3 * time.Second
+
+// TestFlylocal_StaleRouterCache moves a space without announcing it, as when a NOTIFY is lost: the router keeps
+// replaying connections to the old machine until its cache entry expires, and the old machine, which missed the
+// announcement too, keeps serving its connected clients. The first connection the router sends there is refused
+// with 4004, and that refusal is how the old machine learns of the move: it lets go of the space at once (its
+// clients get 4004 too). Clients retry with backoff, land on the new owner once the router's entry expires, and
+// converge with every mutation applied once. Ownership changes exactly once: the old machine never claims the
+// space back (no ping-pong), as the space's epoch and owner in Postgres show.
+func TestFlylocal_StaleRouterCache(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the router and backend binaries")
+	}
+	t.Parallel()
+	admin := randomHex(16)
+	var dbURL string
+	srv := openSystem(t, 2, admin, func(env map[string]string) {
+		env["CACHE_TTL"] = staleCacheTTL.String()
+		dbURL = env["DATABASE_URL"]
+	})
+	e := newEdge(t, srv.URL())
+	e.admin = admin
+	ctx := testContext(t)
+
+	var machines []string
+	for _, m := range srv.Supervisor.Machines(backendApp) {
+		machines = append(machines, m.ID)
+	}
+	e.waitLiveMachines(t, machines...)
+
+	const spaceID = "e2e-stale"
+	owner := e.createSpace(t, spaceID).Machine
+	other := machines[0]
+	if other == owner {
+		other = machines[1]
+	}
+
+	p1 := newPeer(t, "client 1", e.wsURL(spaceID, e.token(t)))
+	if w := p1.connect(ctx); w.MachineID != owner {
+		t.Fatalf("client 1 landed on %s; the space is on %s", w.MachineID, owner)
+	}
+	p1.waitConfirmed(ctx, p1.mutate(ctx, "increment", map[string]any{"key": "counter", "delta": 1}))
+	p1.waitConfirmed(ctx, p1.mutate(ctx, "createTodo", map[string]any{"id": "before", "text": "before the move"}))
+
+	db, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close(context.Background()) })
+	moveSilently(ctx, t, db, spaceID, owner, other)
+	if got := e.getSpace(t, spaceID); got.Machine != other {
+		t.Fatalf("the directory says %s is on %s after the move to %s", spaceID, got.Machine, other)
+	}
+
+	// Client 2 connects through the router, whose cache still says owner: refused (4004) until the entry expires,
+	// then it lands on the new machine.
+	start := time.Now()
+	p2 := newPeer(t, "client 2", e.wsURL(spaceID, e.token(t)))
+	if w := p2.connect(ctx); w.MachineID != other {
+		t.Fatalf("client 2 landed on %s; the space is on %s", w.MachineID, other)
+	}
+	t.Logf("client 2 reached the new owner %s after the stale entry (TTL %s): %s", other, staleCacheTTL,
+		time.Since(start).Round(time.Millisecond))
+
+	// Client 1 was on the old machine, which let go of the space when it refused client 2.
+	p1.waitMoved(ctx)
+	if w := p1.connect(ctx); w.MachineID != other {
+		t.Fatalf("client 1 reconnected to %s; the space is on %s", w.MachineID, other)
+	}
+	l1 := p1.mutate(ctx, "increment", map[string]any{"key": "counter", "delta": 1})
+	l2 := p2.mutate(ctx, "increment", map[string]any{"key": "counter", "delta": 1})
+	p1.waitConfirmed(ctx, l1)
+	p2.waitConfirmed(ctx, l2)
+	waitConverged(t, 3, p1, p2)
+
+	var epoch int64
+	var holder string
+	if err := db.QueryRow(ctx, `SELECT epoch, owner FROM replica_spaces WHERE id = $1`, spaceID).Scan(&epoch, &holder); err != nil {
+		t.Fatal(err)
+	}
+	if epoch != 2 || holder != other {
+		t.Fatalf("space claimed %d times, last by %s; want 2 claims (the first owner, then %s once)", epoch, holder, other)
+	}
+}
+
+// moveSilently changes a space's placement in the directory without the NOTIFY that announces it (triggers off
+// for the transaction, machines' space counts fixed by hand): what every listener sees when the announcement is
+// lost.
+func moveSilently(ctx context.Context, t *testing.T, db *pgx.Conn, spaceID, from, to string) {
+	t.Helper()
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		for _, q := range []struct {
+			sql  string
+			args []any
+		}{
+			{`SET LOCAL session_replication_role = replica`, nil},
+			{`UPDATE directory.spaces SET machine = $2 WHERE id = $1`, []any{spaceID, to}},
+			{`UPDATE directory.machines SET space_count = space_count - 1 WHERE id = $1`, []any{from}},
+			{`UPDATE directory.machines SET space_count = space_count + 1 WHERE id = $1`, []any{to}},
+		} {
+			if _, err := tx.Exec(ctx, q.sql, q.args...); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("move %s to %s without NOTIFY: %v", spaceID, to, err)
+	}
+}
