@@ -39,6 +39,9 @@ type MachineInfo struct {
 	// Live: started, and a heartbeat within the live window (by the
 	// database's clock at the time of the query).
 	Live bool
+	// Dedicated: the machine was created for one space (CreateDedicatedSpace)
+	// and receives no other.
+	Dedicated bool
 }
 
 // maxNameLen bounds machine IDs, app names and regions.
@@ -116,7 +119,8 @@ func (d *Directory) SetMachineState(ctx context.Context, id string, state Machin
 func (d *Directory) ListMachines(ctx context.Context) ([]MachineInfo, error) {
 	rows, err := d.pool.Query(ctx, `
 		SELECT id, app, region, state, last_heartbeat, created_at, space_count,
-		       state = 'started' AND last_heartbeat > now() - $1::bigint * interval '1 microsecond'
+		       state = 'started' AND last_heartbeat > now() - $1::bigint * interval '1 microsecond',
+		       dedicated
 		FROM directory.machines
 		ORDER BY app, id`, d.liveWindowMicros())
 	if err != nil {
@@ -127,7 +131,7 @@ func (d *Directory) ListMachines(ctx context.Context) ([]MachineInfo, error) {
 	for rows.Next() {
 		var m MachineInfo
 		var state string
-		if err := rows.Scan(&m.ID, &m.App, &m.Region, &state, &m.LastHeartbeat, &m.CreatedAt, &m.Spaces, &m.Live); err != nil {
+		if err := rows.Scan(&m.ID, &m.App, &m.Region, &state, &m.LastHeartbeat, &m.CreatedAt, &m.Spaces, &m.Live, &m.Dedicated); err != nil {
 			return nil, fmt.Errorf("list machines: %w", err)
 		}
 		m.State = MachineState(state)

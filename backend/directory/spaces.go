@@ -26,7 +26,7 @@ type Space struct {
 func NewSpaceID() string { return strings.ToLower(rand.Text()) }
 
 // CreateSpace creates space id for app and places it on the live machine of
-// app that has the fewest spaces. An empty id gets NewSpaceID.
+// app that has the fewest spaces, among those not dedicated to a space. An empty id gets NewSpaceID.
 //
 // Placement is exact under concurrency: creates for one app take a
 // transaction-scoped advisory lock, so each one counts after the previous one
@@ -60,7 +60,7 @@ func (d *Directory) CreateSpace(ctx context.Context, id, app string) (Space, err
 		}
 		err := tx.QueryRow(ctx, `
 			SELECT id FROM directory.machines
-			WHERE app = $1 AND state = 'started'
+			WHERE app = $1 AND state = 'started' AND NOT dedicated
 			  AND last_heartbeat > now() - $2::bigint * interval '1 microsecond'
 			ORDER BY space_count, id
 			LIMIT 1`, app, d.liveWindowMicros()).Scan(&sp.Machine)

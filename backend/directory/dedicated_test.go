@@ -1,0 +1,59 @@
+package directory_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/spaceport-sync/spaceport/backend/directory"
+)
+
+// A dedicated machine holds its one space and is never chosen by shared
+// placement, even when it is the emptiest live machine.
+func TestCreateDedicatedSpace(t *testing.T) {
+	ctx := context.Background()
+	d, _ := newDirectory(t, directory.Config{})
+	register(t, d, "shared-1")
+	create(t, d, "s0")
+	create(t, d, "s1")
+
+	m := directory.Machine{ID: "ded-1", App: "app", Region: "local"}
+	sp, err := d.CreateDedicatedSpace(ctx, "solo", m)
+	if err != nil || sp.Machine != "ded-1" || sp.App != "app" {
+		t.Fatalf("CreateDedicatedSpace = %+v, %v", sp, err)
+	}
+	if _, err := d.CreateDedicatedSpace(ctx, "solo", directory.Machine{ID: "ded-2", App: "app"}); !errors.Is(err, directory.ErrSpaceExists) {
+		t.Fatalf("second create of solo: %v, want ErrSpaceExists", err)
+	}
+	// The machine registering itself afterwards keeps it dedicated.
+	if err := d.RegisterMachine(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if got := create(t, d, "s2"); got.Machine != "shared-1" {
+		t.Fatalf("shared placement chose %s, want shared-1 (ded-1 is dedicated)", got.Machine)
+	}
+	ms := machines(t, d)
+	if !ms["ded-1"].Dedicated || ms["ded-1"].Spaces != 1 || !ms["ded-1"].Live || ms["shared-1"].Dedicated {
+		t.Fatalf("machines: %+v", ms)
+	}
+
+	// Deleting: the machine row cannot go while it owns the space.
+	if err := d.DeleteMachine(ctx, "ded-1"); !errors.Is(err, directory.ErrMachineInUse) {
+		t.Fatalf("DeleteMachine of a machine with a space: %v, want ErrMachineInUse", err)
+	}
+	if got, err := d.DeleteSpace(ctx, "solo"); err != nil || got.Machine != "ded-1" {
+		t.Fatalf("DeleteSpace = %+v, %v", got, err)
+	}
+	if _, err := d.Lookup(ctx, "solo"); !errors.Is(err, directory.ErrSpaceNotFound) {
+		t.Fatalf("Lookup after delete: %v", err)
+	}
+	if _, err := d.DeleteSpace(ctx, "solo"); !errors.Is(err, directory.ErrSpaceNotFound) {
+		t.Fatalf("second DeleteSpace: %v", err)
+	}
+	if err := d.DeleteMachine(ctx, "ded-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DeleteMachine(ctx, "ded-1"); !errors.Is(err, directory.ErrMachineNotFound) {
+		t.Fatalf("second DeleteMachine: %v", err)
+	}
+}
