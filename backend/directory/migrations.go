@@ -66,7 +66,8 @@ $$;
 
 CREATE TRIGGER spaces_changed AFTER INSERT OR DELETE OR UPDATE OF machine, app ON directory.spaces
 	FOR EACH ROW EXECUTE FUNCTION directory.spaces_changed();
-`}, // Step 2: machines that belong to one space (PLACEMENT=dedicated). The
+`},
+	// Step 2: machines that belong to one space (PLACEMENT=dedicated). The
 	// router records them when it creates them; shared placement skips them,
 	// so a space never lands on another space's machine.
 	{Version: 2, Name: "dedicated machines", SQL: `
