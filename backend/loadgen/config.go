@@ -147,6 +147,11 @@ type Config struct {
 	// Token is sent by every client when AuthSecret is empty. Zero value
 	// sends none (servers with AUTH_DISABLED=1).
 	Token string
+	// Hostile is the number of hostile clients per space, attacking while
+	// the load runs (ModeRun): each makes one attack (see AttackGarbage and
+	// the others) over and over, to measure what honest clients' latency
+	// suffers meanwhile. Zero value means none.
+	Hostile int
 	// Progress receives a progress line every ProgressInterval. Zero value
 	// (nil) means none.
 	Progress io.Writer

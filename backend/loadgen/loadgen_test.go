@@ -189,3 +189,44 @@ func TestIdleModeAndConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// Hostile clients attack a space while honest clients load it: each attack
+// ends as the protocol says (its own close code or error answer), and the
+// honest clients lose nothing (verification passes).
+func TestRunWithHostileClients(t *testing.T) {
+	url := startBackend(t, true)
+	res, err := loadgen.Run(context.Background(), loadgen.Config{
+		URLs: []string{url}, Clients: 4, Rate: 200, Duration: loadgen.SlowlorisHold + 3*time.Second,
+		Hostile: 6, AuthSecret: testSecret,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.OK {
+		t.Fatalf("honest clients' verification failed under attack: %v", res.Failures)
+	}
+	h := res.Hostile
+	if h == nil {
+		t.Fatal("no hostile result")
+	}
+	t.Logf("%d attack rounds: %v", h.Rounds, h.Outcomes)
+	for _, want := range []string{
+		loadgen.AttackGarbage + ": closed 4000",
+		loadgen.AttackHuge + ": closed 1009",
+		loadgen.AttackFlood + ": closed 4029",
+		loadgen.AttackForeign + ": answered forbidden",
+		loadgen.AttackFuture + ": pushed",
+	} {
+		if h.Outcomes[want] == 0 {
+			t.Errorf("no attack ended as %q", want)
+		}
+	}
+	for outcome, n := range h.Outcomes {
+		if strings.HasPrefix(outcome, loadgen.AttackSlowloris+": ") {
+			return
+		} else if n == 0 {
+			t.Errorf("outcome %q counted zero times", outcome)
+		}
+	}
+	t.Error("no slowloris round finished")
+}

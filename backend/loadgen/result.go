@@ -30,6 +30,8 @@ type Result struct {
 	Memory  *MemoryResult `json:"memory,omitempty"`
 	CPU     *CPUResult    `json:"cpu,omitempty"`
 	Verify  VerifyResult  `json:"verify"`
+	// Hostile is what the hostile clients did (Config.Hostile).
+	Hostile *HostileResult `json:"hostile,omitempty"`
 	// Server holds the backend's own figures over the run (Config.MetricsURL).
 	Server map[string]float64 `json:"server,omitempty"`
 }
@@ -48,13 +50,14 @@ type ResultConfig struct {
 	Warmup      string   `json:"warmup"`
 	Mix         string   `json:"mix"`
 	Seed        int      `json:"seed"`
+	Hostile     int      `json:"hostile,omitempty"`
 }
 
 func resultConfig(c Config) ResultConfig {
 	return ResultConfig{
 		URLs: c.URLs, Mode: c.Mode, Spaces: c.Spaces, SpacePrefix: c.SpacePrefix, Clients: c.Clients,
 		Rate: c.Rate, Batch: c.Batch, PushDelay: c.PushDelay.String(), Duration: c.Duration.String(), Warmup: c.Warmup.String(),
-		Mix: c.Mix.String(), Seed: c.Seed,
+		Mix: c.Mix.String(), Seed: c.Seed, Hostile: c.Hostile,
 	}
 }
 

@@ -266,6 +266,16 @@ func (r *run) load(ctx context.Context, res *Result) error {
 			wg.Go(func() { c.drive(dctx) })
 		}
 	}
+	if cfg.Hostile > 0 {
+		h := &hostiles{r: r, outcomes: map[string]int{}}
+		hctx, stop := context.WithDeadline(ctx, r.loadEnd)
+		wait := h.start(hctx)
+		defer func() {
+			stop()
+			wait()
+			res.Hostile = h.result()
+		}()
+	}
 	// CPU over the measured window.
 	if cfg.Duration > 0 && sleepCtx(ctx, time.Until(r.windowStart)) {
 		self0, proc0, mach0 := selfCPU(), sampleOrZero(cfg.PID), sampleMachineOrZero()

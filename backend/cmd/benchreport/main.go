@@ -221,6 +221,7 @@ func write(w *strings.Builder, r *results) {
 	writeRouter(w, r)
 	writeThroughput(w, r)
 	writeFanout(w, r)
+	writeHostile(w, r)
 	writeEdge(w, r)
 	writeDiff(w, r)
 	writeIdle(w, r)
@@ -261,6 +262,11 @@ func writeTargets(w *strings.Builder, r *results) {
 	if l := r.load("fanout-1000-1000"); l != nil {
 		ts = append(ts, target{"p99 push-to-poke under 50 ms with 1,000 clients (1,000 mutations/s)",
 			ms(l.PushToPokeMS.P99), yes(l.PushToPokeMS.P99 < 50 && l.PushToPokeMS.Count > 0)})
+	}
+	if quiet, hostile := r.load(hostileBaseline), r.load(hostileFigure); quiet != nil && hostile != nil && quiet.PushToPokeMS.P99 > 0 {
+		ratio := hostile.PushToPokeMS.P99 / quiet.PushToPokeMS.P99
+		ts = append(ts, target{"Hostile clients in the space: honest clients' p99 push-to-poke within 2x of the quiet baseline",
+			fmt.Sprintf("%.2fx (%s vs %s)", ratio, ms(hostile.PushToPokeMS.P99), ms(quiet.PushToPokeMS.P99)), yes(ratio <= 2)})
 	}
 	if res := r.loadgen["diff-10000"]; res != nil && res.Load != nil {
 		full := res.Connect.InitialPokeBytes.Max
@@ -416,6 +422,47 @@ func writeFanout(w *strings.Builder, r *results) {
 			cores(res, "target"), cores(res, "loadgen"), busyOf(res), verdict(res))
 	}
 	r.commandsOf(w, ids...)
+}
+
+// The hostile-clients figure and the quiet run it is compared with.
+const (
+	hostileFigure   = "hostile-100-1000"
+	hostileBaseline = "fanout-100-1000"
+)
+
+func writeHostile(w *strings.Builder, r *results) {
+	if _, ok := r.commands[hostileFigure]; !ok {
+		return
+	}
+	w.WriteString("## Hostile clients\n\n")
+	w.WriteString("The load of the 100-client, 1,000 mutations/s fan-out row, once quiet and once with hostile clients in the same\n")
+	w.WriteString("space (`-hostile`), each repeating one attack for the whole run: frames that are not JSON, frames past the size\n")
+	w.WriteString("limit, floods of pushes that never wait for an answer, pushes into an honest client's group, mutation IDs from\n")
+	w.WriteString("the future, and slowloris readers that never read. Latencies are the honest clients'.\n\n")
+	w.WriteString("| run | push→pushed p50 / p99 | push→poke p50 | p99 | max | committed/s | backend cores | result |\n|---|---|---|---|---|---|---|---|\n")
+	for _, row := range []struct{ name, id string }{{"quiet", hostileBaseline}, {"under attack", hostileFigure}} {
+		res := r.loadgen[row.id]
+		if res == nil || res.Load == nil {
+			fmt.Fprintf(w, "| %s | not measured | | | | | | %s |\n", row.name, r.missing[row.id])
+			continue
+		}
+		l := res.Load
+		fmt.Fprintf(w, "| %s | %s / %s | %s | **%s** | %s | %s | %s | %s |\n", row.name, ms(l.PushToPushedMS.P50), ms(l.PushToPushedMS.P99),
+			ms(l.PushToPokeMS.P50), ms(l.PushToPokeMS.P99), ms(l.PushToPokeMS.Max), num(l.CommittedPerSec), cores(res, "target"), verdict(res))
+	}
+	if res := r.loadgen[hostileFigure]; res != nil && res.Hostile != nil {
+		h := res.Hostile
+		fmt.Fprintf(w, "\n%d attackers, %d attack rounds; how they ended:\n\n| attack: outcome | rounds |\n|---|---|\n", h.Attackers, h.Rounds)
+		var outcomes []string
+		for o := range h.Outcomes {
+			outcomes = append(outcomes, o)
+		}
+		sort.Strings(outcomes)
+		for _, o := range outcomes {
+			fmt.Fprintf(w, "| %s | %d |\n", o, h.Outcomes[o])
+		}
+	}
+	r.commandsOf(w, hostileFigure)
 }
 
 func writeEdge(w *strings.Builder, r *results) {

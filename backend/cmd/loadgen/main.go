@@ -74,6 +74,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	mix := fs.String("mix", loadgen.DefaultMix, "mutations and weights, e.g. increment=8,createTodo=1,updateTodo=4,deleteTodo=1")
 	fs.IntVar(&cfg.MaxTodos, "max-todos", loadgen.DefaultMaxTodos, "most todos each client keeps")
 	fs.IntVar(&cfg.Seed, "seed", 0, "entries to write into each space before the clients connect")
+	fs.IntVar(&cfg.Hostile, "hostile", 0, "hostile clients per space, attacking while the load runs (garbage, huge frames, push floods, foreign groups, future IDs, slowloris)")
 	fs.IntVar(&cfg.ConnectConcurrency, "connect-concurrency", loadgen.DefaultConnectConcurrency, "dials in progress at once")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", loadgen.DefaultConnectTimeout, "time to connect one client, retries included")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", loadgen.DefaultDrainTimeout, "time for acks and replicas to settle after the load")
