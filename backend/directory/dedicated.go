@@ -95,3 +95,39 @@ func (d *Directory) DeleteMachine(ctx context.Context, id string) error {
 	}
 	return nil
 }
+
+// MoveSpaceToDedicated assigns space id to machine m, a machine created for
+// it, recording m as a started, dedicated machine in the same transaction:
+// how a space whose dedicated machine was lost gets a new one. Like
+// MoveSpace, the change is announced with NOTIFY. Errors: ErrInvalidSpaceID,
+// ErrInvalidMachine, ErrSpaceNotFound.
+func (d *Directory) MoveSpaceToDedicated(ctx context.Context, id string, m Machine) (Space, error) {
+	if !protocol.ValidSpaceID(id) {
+		return Space{}, fmt.Errorf("move space %.64q: %w", id, ErrInvalidSpaceID)
+	}
+	if !validName(m.ID) || !validName(m.App) || len(m.Region) > maxNameLen {
+		return Space{}, fmt.Errorf("move space %s to machine %.64q (app %.64q): %w", id, m.ID, m.App, ErrInvalidMachine)
+	}
+	var sp Space
+	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO directory.machines (id, app, region, state, last_heartbeat, dedicated)
+			VALUES ($1, $2, $3, $4, now(), true)
+			ON CONFLICT (id) DO UPDATE SET dedicated = true`,
+			m.ID, m.App, m.Region, string(MachineStarted)); err != nil {
+			return err
+		}
+		err := tx.QueryRow(ctx, `
+			UPDATE directory.spaces SET machine = $2, app = $3 WHERE id = $1
+			RETURNING id, app, machine, created_at`, id, m.ID, m.App).
+			Scan(&sp.ID, &sp.App, &sp.Machine, &sp.CreatedAt)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrSpaceNotFound
+		}
+		return err
+	})
+	if err != nil {
+		return Space{}, fmt.Errorf("move space %s to dedicated machine %s: %w", id, m.ID, err)
+	}
+	return sp, nil
+}

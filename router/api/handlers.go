@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -15,7 +16,9 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/directory"
 	"github.com/spaceport-sync/spaceport/backend/mutator"
 	"github.com/spaceport-sync/spaceport/backend/protocol"
+	"github.com/spaceport-sync/spaceport/fly/machines"
 	"github.com/spaceport-sync/spaceport/fly/replay"
+	"github.com/spaceport-sync/spaceport/router/dedicated"
 )
 
 const invalidSpaceIDMessage = "a space ID is 1 to 64 characters of [A-Za-z0-9_-]"
@@ -95,7 +98,19 @@ func (s *Server) handleCreateSpace(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid_space_id", invalidSpaceIDMessage)
 		return
 	}
-	sp, err := s.dir.CreateSpace(r.Context(), req.ID, s.cfg.App)
+	var sp directory.Space
+	var err error
+	if s.cfg.Dedicated != nil {
+		sp, err = s.cfg.Dedicated.CreateSpace(r.Context(), req.ID)
+	} else {
+		sp, err = s.dir.CreateSpace(r.Context(), req.ID, s.cfg.App)
+	}
+	if errors.Is(err, dedicated.ErrMachineUnavailable) {
+		s.log.Warn("router: no machine for a new space", "space", req.ID, "err", err)
+		s.unavailable(w, "machine_unavailable", "no backend machine could be created for the space ("+
+			machineFailure(err)+"); nothing was created, retry shortly")
+		return
+	}
 	if err != nil {
 		s.directoryError(w, r, "create space", err)
 		return
@@ -170,6 +185,50 @@ func (s *Server) handleMoveSpace(w http.ResponseWriter, r *http.Request) {
 	s.cache.Evict(id)
 	s.log.Info("router: space moved", "space", sp.ID, "app", sp.App, "machine", sp.Machine)
 	writeJSON(w, http.StatusOK, toSpaceJSON(sp))
+}
+
+// machineFailure names why a machine could not be created, for the caller.
+func machineFailure(err error) string {
+	switch {
+	case errors.Is(err, machines.ErrInsufficientCapacity):
+		return "no capacity in the region"
+	case errors.Is(err, machines.ErrRateLimited):
+		return "the Machines API's rate limit"
+	case errors.Is(err, machines.ErrWaitTimeout), errors.Is(err, context.DeadlineExceeded):
+		return "the machine did not start in time"
+	default:
+		return "the Machines API failed"
+	}
+}
+
+// handleDeleteSpace is an admin operation (Config.AdminAuth): it removes the
+// space from the directory and, under dedicated placement, retires the
+// machine made for it. The space's data stays in Postgres.
+func (s *Server) handleDeleteSpace(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "id")
+	var res dedicated.DeleteResult
+	var err error
+	if s.cfg.Dedicated != nil {
+		res, err = s.cfg.Dedicated.DeleteSpace(r.Context(), id)
+	} else {
+		res.Space, err = s.dir.DeleteSpace(r.Context(), id)
+	}
+	if res.Space.ID == "" {
+		s.directoryError(w, r, "delete space", err)
+		return
+	}
+	s.cache.Evict(id)
+	if err != nil {
+		// The space is gone; its machine is an orphan the reconciler destroys.
+		s.log.Warn("router: space deleted, its machine not retired yet", "space", id, "machine", res.Space.Machine, "err", err)
+	}
+	s.log.Info("router: space deleted", "space", id, "machine", res.Space.Machine, "machine_retired", res.Retired)
+	writeJSON(w, http.StatusOK, struct {
+		spaceJSON
+		// MachineRetired: the space's machine was dedicated to it and has
+		// been destroyed.
+		MachineRetired bool `json:"machineRetired"`
+	}{toSpaceJSON(res.Space), res.Retired})
 }
 
 // machineJSON is a backend machine on the wire.

@@ -20,6 +20,7 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/auth"
 	"github.com/spaceport-sync/spaceport/backend/directory"
 	"github.com/spaceport-sync/spaceport/fly/replay"
+	"github.com/spaceport-sync/spaceport/router/dedicated"
 	"github.com/spaceport-sync/spaceport/router/routecache"
 )
 
@@ -55,7 +56,7 @@ type Config struct {
 	// MaxBodyBytes bounds the body of API requests; larger ones get 413.
 	// Zero means DefaultMaxBodyBytes (64 KiB).
 	MaxBodyBytes int64
-	// AdminAuth wraps the admin endpoints (moving a space). Nil leaves them
+	// AdminAuth wraps the admin endpoints (moving and deleting a space). Nil leaves them
 	// open: the seam where admin authentication plugs in.
 	AdminAuth func(http.Handler) http.Handler
 	// Auth checks the connection token (`token` query parameter) before a
@@ -67,6 +68,12 @@ type Config struct {
 	// who asks: for local development only (cmd/router refuses it outside
 	// flylocal). Needs Auth.
 	DevTokens bool
+	// Dedicated, when set, is the placement policy "dedicated": each new space
+	// gets a backend machine of its own, created through the Machines API
+	// (POST /api/spaces waits until it has started), and deleting a space
+	// retires its machine. Nil means "shared": new spaces go to the live
+	// machine with the fewest spaces.
+	Dedicated *dedicated.Placer
 	// ReplaySecret is put in the fly-replay `state`; backends configured
 	// with the same secret admit only requests that carry it, so nobody
 	// reaches a machine around the router. Empty sends no state.
@@ -105,6 +112,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Dedicated != nil && cfg.Dedicated.App() != cfg.App {
+		return nil, fmt.Errorf("api: the dedicated placer creates machines in app %s, not in the backend app %s",
+			cfg.Dedicated.App(), cfg.App)
 	}
 	if cfg.DevTokens && cfg.Auth == nil {
 		return nil, errors.New("api: DevTokens needs Auth")
@@ -170,6 +181,7 @@ func (s *Server) routes() http.Handler {
 			r.Use(s.cfg.AdminAuth)
 		}
 		r.Put("/api/spaces/{id}/machine", s.handleMoveSpace)
+		r.Delete("/api/spaces/{id}", s.handleDeleteSpace)
 	})
 	r.Get("/api/machines", s.handleListMachines)
 	if s.cfg.DevTokens {

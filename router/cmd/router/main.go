@@ -25,7 +25,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spaceport-sync/spaceport/backend/auth"
 	"github.com/spaceport-sync/spaceport/backend/directory"
+	"github.com/spaceport-sync/spaceport/fly/machines"
 	"github.com/spaceport-sync/spaceport/router/api"
+	"github.com/spaceport-sync/spaceport/router/dedicated"
 	"github.com/spaceport-sync/spaceport/router/routecache"
 )
 
@@ -57,6 +59,14 @@ Spaceport router. Configured by environment:
   ADMIN_TOKEN    bearer token required to move spaces (PUT /api/spaces/{id}/machine); unset leaves it open
   CACHE_TTL      how long a cached placement is trusted without a directory read, as a Go duration; NOTIFY
                  evicts moved spaces at once, so this only bounds staleness after a missed one (default 30s)
+  PLACEMENT      how new spaces get a machine: shared (default: the live backend machine with the fewest
+                 spaces) or dedicated (a new backend machine per space, created through the Machines API,
+                 auto-stopped when idle, destroyed with the space)
+  BACKEND_IMAGE  dedicated: the image created backend machines run (required; flylocal ignores it)
+  FLY_API_TOKEN, FLY_API_HOSTNAME   dedicated: the Machines API's token and base URL (default
+                 ` + machines.DefaultBaseURL + `; flylocal gives its machines FLY_API_HOSTNAME)
+  RECONCILE_INTERVAL   dedicated: how often to destroy orphan machines and rehome spaces whose machine is
+                 gone, as a Go duration; 0 turns it off (default ` + "1m" + `)
   LOG_FORMAT     json or text (default: json on Fly, text elsewhere)
   LOG_LEVEL      debug, info, warn or error (default info)
   FLY_MACHINE_ID, FLY_REGION   added to every log line when set
@@ -86,7 +96,19 @@ type config struct {
 	replay      string
 	adminToken  string
 	cacheTTL    time.Duration
+	// placement is PlacementShared or PlacementDedicated; the rest is for
+	// dedicated only.
+	placement      string
+	image          string
+	machinesAPI    machines.Config
+	reconcileEvery time.Duration
 }
+
+// Placement policies (PLACEMENT).
+const (
+	PlacementShared    = "shared"
+	PlacementDedicated = "dedicated"
+)
 
 func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("router", flag.ContinueOnError)
@@ -149,6 +171,26 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 		}
 		c.cacheTTL = d
 	}
+	c.placement = env("PLACEMENT", PlacementShared)
+	c.reconcileEvery = dedicated.DefaultReconcileInterval
+	switch c.placement {
+	case PlacementShared:
+	case PlacementDedicated:
+		c.image = getenv("BACKEND_IMAGE")
+		if c.image == "" {
+			return config{}, errors.New("PLACEMENT=dedicated needs BACKEND_IMAGE, the image of the backend machines it creates")
+		}
+		c.machinesAPI = machines.ConfigFromEnv(getenv)
+		if v := getenv("RECONCILE_INTERVAL"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				return config{}, fmt.Errorf("RECONCILE_INTERVAL %q: want a duration such as 1m, or 0 for none", v)
+			}
+			c.reconcileEvery = d
+		}
+	default:
+		return config{}, fmt.Errorf("PLACEMENT %q: want %s or %s", c.placement, PlacementShared, PlacementDedicated)
+	}
 	if c.logFormat != "json" && c.logFormat != "text" {
 		return config{}, fmt.Errorf("LOG_FORMAT %q: want json or text", c.logFormat)
 	}
@@ -209,6 +251,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if cfg.adminToken != "" {
 		apiCfg.AdminAuth = bearer(cfg.adminToken)
 	}
+	if cfg.placement == PlacementDedicated {
+		mcfg := cfg.machinesAPI
+		mcfg.Logger = log
+		api, err := machines.New(mcfg)
+		if err != nil {
+			return err
+		}
+		apiCfg.Dedicated, err = dedicated.New(dedicated.Config{Directory: dir, Machines: api, App: cfg.backendApp,
+			Image: cfg.image, Region: cfg.region, Logger: log})
+		if err != nil {
+			return err
+		}
+	}
 	if cfg.auth == nil {
 		log.Warn("router: AUTH_DISABLED: connections are not authenticated")
 	}
@@ -236,11 +291,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	invCtx, stopInvalidation := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { srv.RunInvalidation(invCtx) })
+	if p := apiCfg.Dedicated; p != nil && cfg.reconcileEvery > 0 {
+		wg.Go(func() { p.RunReconciler(invCtx, cfg.reconcileEvery) })
+	}
 	defer func() { stopInvalidation(); wg.Wait() }()
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
-	log.Info("router: serving", "addr", ln.Addr().String(), "backend_app", cfg.backendApp, "static_dir", cfg.staticDir)
+	log.Info("router: serving", "addr", ln.Addr().String(), "backend_app", cfg.backendApp, "static_dir", cfg.staticDir,
+		"placement", cfg.placement)
 
 	select {
 	case err := <-serveErr:
