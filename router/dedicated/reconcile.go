@@ -32,7 +32,9 @@ type Rehome struct {
 }
 
 // Empty reports whether the pass found nothing to fix.
-func (r Report) Empty() bool { return len(r.Orphans) == 0 && len(r.Rehomed) == 0 && len(r.Forgotten) == 0 }
+func (r Report) Empty() bool {
+	return len(r.Orphans) == 0 && len(r.Rehomed) == 0 && len(r.Forgotten) == 0
+}
 
 // Reconcile compares the app's machines in the Machines API with the directory and fixes what creation and
 // deletion failures can leave behind:
