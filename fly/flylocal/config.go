@@ -43,7 +43,7 @@ var ErrInvalidConfig = errors.New("invalid flylocal config")
 //	  "apps": [
 //	    {"name": "spaceport-router", "machines": 1, "command": ["./bin/router"]},
 //	    {"name": "spaceport-backend", "machines": 3, "command": ["./bin/backend"], "autostart": true,
-//	     "kill_timeout": "10s", "env": {"SPACE_IDLE": "30s"}}
+//	     "kill_timeout": "10s", "idle_stop": "60s", "env": {"SPACE_IDLE": "30s"}}
 //	  ]
 //	}
 //
@@ -67,7 +67,9 @@ type Config struct {
 	StartTimeout Duration `json:"start_timeout"`
 	// APIListen is where flylocal serves its Machines API (see MachinesAPI), as Fly serves it at
 	// _api.internal:4280 inside an organization's network; fly/flylocal.dev.json uses DefaultAPIListen. Empty
-	// means no Machines API, so that several flylocals (tests) can run at once.
+	// means no Machines API, so that several flylocals (tests) can run at once. Port 0 picks a free port. When
+	// it is served, every machine gets FLY_API_HOSTNAME=http://<its address> (unless Env sets it), as Fly's
+	// router fly.toml points it at _api.internal:4280.
 	APIListen string `json:"api_listen"`
 	// APIToken, when set, is the token the Machines API requires, sent as "Authorization: Bearer <token>" or
 	// "FlyV1 <token>". Empty means any token, or none, is accepted.
@@ -92,6 +94,11 @@ type AppConfig struct {
 	// KillTimeout is how long a stopping machine gets between SIGTERM and SIGKILL. Zero means
 	// DefaultKillTimeout.
 	KillTimeout Duration `json:"kill_timeout"`
+	// IdleStop stops a started machine of this app once it has had no request and no connection through the
+	// edge for this long, as Fly's proxy does with auto_stop_machines = "stop" (Fly checks every few minutes;
+	// flylocal within a second). With Autostart, the next request routed to it starts it again. Zero means
+	// never, Fly's default ("off").
+	IdleStop Duration `json:"idle_stop"`
 }
 
 // Duration is a time.Duration written in JSON as a Go duration string such as "5s" or "800ms".
@@ -225,6 +232,9 @@ func (c Config) Validate() error {
 		}
 		if app.Autostart == nil {
 			return bad("app %q: autostart unset (defaults not applied)", app.Name)
+		}
+		if app.IdleStop < 0 {
+			return bad("app %q: idle_stop must not be negative", app.Name)
 		}
 		if err := validateEnv(app.Env); err != nil {
 			return bad("app %q: env: %v", app.Name, err)

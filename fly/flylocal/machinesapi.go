@@ -75,6 +75,7 @@ type MachinesAPI struct {
 	mux    *http.ServeMux
 
 	mu      sync.Mutex
+	faults  []Fault               // injected by InjectFault, consumed in order
 	records map[string]*apiRecord // by machine ID: every machine of sup
 	leases  map[string]*apiLease  // by machine ID
 	ports   []int                 // claimed for machines created through the API; released by release
@@ -229,19 +230,19 @@ func (a *MachinesAPI) release() {
 func (a *MachinesAPI) routes() {
 	mux := http.NewServeMux()
 	const m = "/v1/apps/{app}/machines"
-	mux.HandleFunc("GET "+m, a.handleList)
-	mux.HandleFunc("POST "+m, a.handleCreate)
-	mux.HandleFunc("GET "+m+"/{id}", a.handleGet)
-	mux.HandleFunc("DELETE "+m+"/{id}", a.handleDelete)
-	mux.HandleFunc("POST "+m+"/{id}/start", a.handleStart)
-	mux.HandleFunc("POST "+m+"/{id}/stop", a.handleStop)
-	mux.HandleFunc("GET "+m+"/{id}/wait", a.handleWait)
-	mux.HandleFunc("GET "+m+"/{id}/metadata", a.handleGetMetadata)
-	mux.HandleFunc("POST "+m+"/{id}/metadata/{key}", a.handleSetMetadata)
-	mux.HandleFunc("DELETE "+m+"/{id}/metadata/{key}", a.handleDeleteMetadata)
-	mux.HandleFunc("POST "+m+"/{id}/lease", a.handleAcquireLease)
-	mux.HandleFunc("GET "+m+"/{id}/lease", a.handleGetLease)
-	mux.HandleFunc("DELETE "+m+"/{id}/lease", a.handleReleaseLease)
+	mux.HandleFunc("GET "+m, a.faulty("list", a.handleList))
+	mux.HandleFunc("POST "+m, a.faulty("create", a.handleCreate))
+	mux.HandleFunc("GET "+m+"/{id}", a.faulty("get", a.handleGet))
+	mux.HandleFunc("DELETE "+m+"/{id}", a.faulty("delete", a.handleDelete))
+	mux.HandleFunc("POST "+m+"/{id}/start", a.faulty("start", a.handleStart))
+	mux.HandleFunc("POST "+m+"/{id}/stop", a.faulty("stop", a.handleStop))
+	mux.HandleFunc("GET "+m+"/{id}/wait", a.faulty("wait", a.handleWait))
+	mux.HandleFunc("GET "+m+"/{id}/metadata", a.faulty("metadata", a.handleGetMetadata))
+	mux.HandleFunc("POST "+m+"/{id}/metadata/{key}", a.faulty("metadata-set", a.handleSetMetadata))
+	mux.HandleFunc("DELETE "+m+"/{id}/metadata/{key}", a.faulty("metadata-delete", a.handleDeleteMetadata))
+	mux.HandleFunc("POST "+m+"/{id}/lease", a.faulty("lease", a.handleAcquireLease))
+	mux.HandleFunc("GET "+m+"/{id}/lease", a.faulty("lease-get", a.handleGetLease))
+	mux.HandleFunc("DELETE "+m+"/{id}/lease", a.faulty("lease-release", a.handleReleaseLease))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusNotFound, fmt.Sprintf("flylocal's Machines API has no %s %s", r.Method, r.URL.Path))
 	})
@@ -849,6 +850,8 @@ func (s *Server) openAPI() error {
 	}}
 	go func() { l.serveErr <- l.http.Serve(ln) }()
 	s.api = l
+	// Where Fly's machines find the API (_api.internal:4280), flylocal's find it here.
+	s.Supervisor.SetExtraEnv([]string{"FLY_API_HOSTNAME=" + s.APIURL()})
 	s.logger.Info("machines API listening", "url", s.APIURL())
 	return nil
 }

@@ -42,8 +42,10 @@ type Proxy struct {
 	transport *http.Transport
 	rp        *httputil.ReverseProxy
 
-	mu sync.Mutex
-	rr map[string]uint64 // round-robin counters per app
+	mu       sync.Mutex
+	rr       map[string]uint64    // round-robin counters per app
+	active   map[string]int       // requests and tunnels in progress, by machine ID
+	lastUsed map[string]time.Time // when a request to a machine last began or ended, by machine ID
 
 	inflight sync.WaitGroup // requests being served, WebSocket tunnels included
 }
@@ -60,6 +62,8 @@ func NewProxy(machines *Supervisor, edgeApp string, apps []string, logger *slog.
 		apps:     make(map[string]bool, len(apps)),
 		logger:   logger,
 		rr:       make(map[string]uint64),
+		active:   make(map[string]int),
+		lastUsed: make(map[string]time.Time),
 		transport: &http.Transport{
 			DialContext:         (&net.Dialer{Timeout: dialTimeout}).DialContext,
 			MaxIdleConnsPerHost: 32,
@@ -89,7 +93,46 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		stop := context.AfterFunc(r.Context(), func() { _ = c.Close() })
 		defer stop()
 	}
-	p.rp.ServeHTTP(w, r)
+	// The machine that answers holds the request (a WebSocket: the whole tunnel) until it is served, for idle
+	// stop; roundTrip names it.
+	served := &servedBy{}
+	defer func() {
+		if served.id != "" {
+			p.release(served.id)
+		}
+	}()
+	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), servedByKey{}, served)))
+}
+
+type servedByKey struct{}
+
+// servedBy is the machine whose answer the proxy forwards, set by roundTrip.
+type servedBy struct{ id string }
+
+// hold counts a request to machine id as in progress.
+func (p *Proxy) hold(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.active[id]++
+	p.lastUsed[id] = time.Now()
+}
+
+// release counts a request to machine id as finished.
+func (p *Proxy) release(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.active[id]--; p.active[id] <= 0 {
+		delete(p.active, id)
+	}
+	p.lastUsed[id] = time.Now()
+}
+
+// Activity reports how many requests and WebSocket tunnels machine id is serving through the edge, and when one
+// last began or ended (zero if none ever did).
+func (p *Proxy) Activity(id string) (active int, last time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.active[id], p.lastUsed[id]
 }
 
 type connKey struct{}
@@ -162,15 +205,23 @@ func (p *Proxy) roundTrip(req *http.Request) (*http.Response, error) {
 			out.Header.Set(replay.PreferredInstanceUnavailableHeader, preferMiss)
 		}
 
+		p.hold(target.ID)
 		resp, err := p.transport.RoundTrip(out)
 		if err != nil {
+			p.release(target.ID)
 			return nil, upstreamError(ctx, target, err)
 		}
 		v := resp.Header.Get(replay.Header)
 		if v == "" {
+			if served, ok := ctx.Value(servedByKey{}).(*servedBy); ok {
+				served.id = target.ID // released when ServeHTTP is done
+			} else {
+				p.release(target.ID)
+			}
 			return resp, nil
 		}
 		discard(resp)
+		p.release(target.ID)
 
 		if !replayable {
 			return nil, &proxyError{status: http.StatusBadGateway, code: "PA01", msg: fmt.Sprintf(

@@ -36,6 +36,8 @@ type Server struct {
 	ln        net.Listener
 	http      *http.Server
 	cancel    context.CancelFunc // cancels every request's context, ending WebSocket tunnels
+	stopIdle  context.CancelFunc // stops runIdleStop
+	idleDone  chan struct{}      // closed when runIdleStop has returned
 	serveErr  chan error
 	closeOnce sync.Once
 	closeErr  error
@@ -137,6 +139,12 @@ func (s *Server) Open(ctx context.Context) error {
 		defer cancel()
 		return errors.Join(startErr, s.Close(closeCtx))
 	}
+	idleCtx, stopIdle := context.WithCancel(context.Background())
+	s.stopIdle, s.idleDone = stopIdle, make(chan struct{})
+	go func() {
+		defer close(s.idleDone)
+		s.runIdleStop(idleCtx)
+	}()
 	return nil
 }
 
@@ -166,6 +174,10 @@ func (s *Server) close(ctx context.Context) error {
 	defer s.API.release()
 	if s.http == nil { // never opened
 		return s.Supervisor.Close(ctx)
+	}
+	if s.stopIdle != nil {
+		s.stopIdle()
+		<-s.idleDone
 	}
 	// The Machines API first, so that no machine is started or created while they stop.
 	err := s.closeAPI(ctx)

@@ -106,6 +106,7 @@ type Supervisor struct {
 	outMu sync.Mutex // serialises writes of whole lines to Output
 
 	mu       sync.Mutex
+	extraEnv []string // set by SetExtraEnv: before every machine's Env
 	machines map[string]*machine
 	order    []string // IDs in the order added
 	closed   bool
@@ -471,13 +472,26 @@ func waitReady(port int, exited, stop <-chan struct{}) bool {
 	}
 }
 
-// environ is the environment of a machine: the base, the machine's Env, then Fly's variables (later entries win).
+// SetExtraEnv sets variables ("KEY=value") that machines started from now on get after the base environment and
+// before their own Env, so that configuration overrides them: flylocal sets FLY_API_HOSTNAME this way once its
+// Machines API listens.
+func (s *Supervisor) SetExtraEnv(env []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.extraEnv = slices.Clone(env)
+}
+
+// environ is the environment of a machine: the base, the extra variables, the machine's Env, then Fly's
+// variables (later entries win).
 func (s *Supervisor) environ(cfg MachineConfig) []string {
 	env := s.Env
 	if env == nil {
 		env = os.Environ()
 	}
-	env = slices.Concat(env, cfg.Env)
+	s.mu.Lock()
+	extra := s.extraEnv
+	s.mu.Unlock()
+	env = slices.Concat(env, extra, cfg.Env)
 	return append(env,
 		"FLY_APP_NAME="+cfg.App,
 		"FLY_MACHINE_ID="+cfg.ID,
