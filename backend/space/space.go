@@ -22,6 +22,9 @@ var (
 	// ErrFull means a limit (connections of the space, spaces of the
 	// machine) is reached: the client retries later.
 	ErrFull = errors.New("limit reached")
+	// ErrGroupTaken means the client group named in hello belongs to
+	// another user: the connection is refused (4003).
+	ErrGroupTaken = errors.New("client group belongs to another user")
 )
 
 // Assigner tells whether this machine may serve a space.
@@ -75,6 +78,11 @@ type Space struct {
 	peersMu   sync.Mutex
 	peers     map[Peer]struct{}
 	closeCode protocol.CloseCode // set once the space is closing its peers
+
+	// claims binds client groups that have no rows yet to the user whose
+	// connection named them in hello, while such a connection lasts.
+	claimsMu sync.Mutex
+	claims   map[string]*groupClaim
 
 	*replica
 }
@@ -150,11 +158,70 @@ func (s *Space) Pull(p *protocol.Pull, caller mutator.Caller) (frame []byte, nex
 		if g.userID != caller.UserID {
 			return protocol.EncodeError(p.ID, protocol.ErrCodeForbidden, "client group belongs to another user", false), req.Cookie, false
 		}
+	} else if s.claimedByOther(req.ClientGroupID, caller.UserID) {
+		return protocol.EncodeError(p.ID, protocol.ErrCodeForbidden, "client group belongs to another user", false), req.Cookie, false
 	}
 	patch := s.patch(req.Cookie)
 	lmids := s.lmidChanges(req.ClientGroupID, req.Cookie)
 	frame = protocol.AppendPulled(make([]byte, 0, len(patch)+128), p.ID, s.version, lmids, patch)
 	return frame, protocol.VersionCookie(s.version), true
+}
+
+// groupClaim is a client group named in hello before it has rows.
+type groupClaim struct {
+	userID string
+	conns  int
+}
+
+// ClaimGroup checks that the client group a connection names in hello is
+// its user's, and binds it to that user while the connection lasts if the
+// group has no rows yet. Without the claim a new group would belong to
+// whoever pushes for it first, so another user who learnt its ID could take
+// it before its owner's first push and lock the owner out. release ends the
+// claim; call it once, when the connection leaves.
+func (s *Space) ClaimGroup(groupID, userID string) (release func(), err error) {
+	s.mu.RLock()
+	g := s.groups[groupID]
+	s.mu.RUnlock()
+	if g != nil {
+		if g.userID != userID {
+			return nil, fmt.Errorf("claim group %.40s: %w", groupID, ErrGroupTaken)
+		}
+		return func() {}, nil
+	}
+	s.claimsMu.Lock()
+	defer s.claimsMu.Unlock()
+	c := s.claims[groupID]
+	switch {
+	case c == nil:
+		c = &groupClaim{userID: userID}
+		if s.claims == nil {
+			s.claims = make(map[string]*groupClaim)
+		}
+		s.claims[groupID] = c
+	case c.userID != userID:
+		return nil, fmt.Errorf("claim group %.40s: %w", groupID, ErrGroupTaken)
+	}
+	c.conns++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.claimsMu.Lock()
+			defer s.claimsMu.Unlock()
+			if c.conns--; c.conns == 0 && s.claims[groupID] == c {
+				delete(s.claims, groupID)
+			}
+		})
+	}, nil
+}
+
+// claimedByOther reports whether a connection of another user claimed the
+// client group.
+func (s *Space) claimedByOther(groupID, userID string) bool {
+	s.claimsMu.Lock()
+	defer s.claimsMu.Unlock()
+	c := s.claims[groupID]
+	return c != nil && c.userID != userID
 }
 
 // Version is the space's current version (its cookie).

@@ -2,6 +2,7 @@ package wsserver_test
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/auth"
 	"github.com/spaceport-sync/spaceport/backend/mutator"
 	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
+	"github.com/spaceport-sync/spaceport/backend/protocol"
 	"github.com/spaceport-sync/spaceport/backend/syncclient"
 	"github.com/spaceport-sync/spaceport/backend/wsserver"
 	"github.com/spaceport-sync/spaceport/fly/replay"
@@ -110,6 +112,41 @@ func TestAuth_ClientGroupsBelongToTheirUser(t *testing.T) {
 	ans, err := mallory.PushAs(testCtx(t), "alice-group", m)
 	if err != nil || !strings.Contains(string(ans), `"code":"forbidden"`) {
 		t.Fatalf("push into another user's group: %s %v", ans, err)
+	}
+}
+
+// A new client group belongs to the user whose connection named it first,
+// from its hello on, not from its first push: another user who learnt its ID
+// can neither push into it nor open a connection with it meanwhile.
+func TestAuth_NewClientGroupIsClaimedAtHello(t *testing.T) {
+	b, k := authBackend(t, wsserver.Config{})
+	aliceTok, malloryTok := token(t, k, "alice", "s", mutator.RoleEditor, time.Hour), token(t, k, "mallory", "s", mutator.RoleEditor, time.Hour)
+	alice := b.dial(t, "s", syncclient.Options{ClientGroupID: "alice-new", ClientID: "alice-tab"}.WithToken(aliceTok))
+
+	mallory := b.dial(t, "s", syncclient.Options{}.WithToken(malloryTok))
+	m := protocol.Mutation{ClientID: "alice-tab", ID: 1, Name: "increment", Args: json.RawMessage(`{"key":"n","delta":100}`), Timestamp: 1}
+	ans, err := mallory.PushAs(testCtx(t), "alice-new", m)
+	if err != nil || !strings.Contains(string(ans), `"code":"forbidden"`) {
+		t.Fatalf("push into a group alice claimed at hello: %s %v", ans, err)
+	}
+	ctx := testCtx(t)
+	squat, err := syncclient.Dial(ctx, b.url("s"), syncclient.Options{ClientGroupID: "alice-new"}.WithToken(malloryTok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-squat.Done():
+	case <-ctx.Done():
+		t.Fatal("hello with another user's client group not refused")
+	}
+	if got := squat.CloseStatus(); got != 4003 {
+		t.Fatalf("hello with another user's client group closed with %d, want 4003", got)
+	}
+
+	// Alice's first push is hers; the counter holds only her increment.
+	mustMutate(t, alice, "increment", map[string]any{"key": "n", "delta": 1})
+	if got := string(alice.State().Data["n"]); got != "1" {
+		t.Fatalf("n = %s, want 1", got)
 	}
 }
 

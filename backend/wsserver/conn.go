@@ -56,9 +56,12 @@ type conn struct {
 	forcePoke  bool
 
 	// Reader state, owned by the reader (the handler goroutine).
-	joined   *space.Space
-	inflight chan struct{} // semaphore of pushes in flight
-	limiter  bucket        // push rate
+	joined *space.Space
+	// releaseGroup ends the claim on the hello's client group (set with
+	// joined).
+	releaseGroup func()
+	inflight     chan struct{} // semaphore of pushes in flight
+	limiter      bucket        // push rate
 
 	// ctx ends when the connection is closing: the writer stops and waits
 	// for the space end. Writes themselves use the server's context, because
@@ -130,6 +133,7 @@ func (c *conn) serve() {
 	c.pinging.Wait()
 	_ = c.ws.CloseNow()
 	if c.joined != nil {
+		c.releaseGroup()
 		c.srv.spaces.Leave(c.joined, c)
 	}
 }
@@ -264,7 +268,13 @@ func (c *conn) hello(h *protocol.Hello) error {
 		c.log.Error("join space failed", "err", err)
 		return closeErr(protocol.CloseInternal, "space unavailable")
 	}
-	c.joined = s
+	release, err := s.ClaimGroup(h.ClientGroupID, c.caller.UserID)
+	if err != nil {
+		c.srv.spaces.Leave(s, c)
+		c.log.Warn("hello refused", "err", err)
+		return closeErr(protocol.CloseForbidden, "client group belongs to another user")
+	}
+	c.joined, c.releaseGroup = s, release
 	c.enqueue(outItem{start: &session{
 		space:   s,
 		groupID: h.ClientGroupID,
