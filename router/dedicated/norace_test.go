@@ -1,0 +1,5 @@
+//go:build !race
+
+package dedicated_test
+
+const raceEnabled = false
