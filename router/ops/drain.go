@@ -80,7 +80,7 @@ func (o *Ops) Drain(ctx context.Context, ids []string, opts DrainOptions) (Drain
 	// Targets: the live machines of the app that stay, with their space counts.
 	counts := map[string]int{}
 	for _, m := range infos {
-		if m.App == o.cfg.App && m.Live && !draining[m.ID] {
+		if m.App == o.cfg.App && m.Live && !m.Dedicated && !draining[m.ID] {
 			counts[m.ID] = m.Spaces
 		}
 	}

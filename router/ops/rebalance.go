@@ -67,7 +67,8 @@ func PlanRebalance(loads []Load) []Move {
 }
 
 // Rebalance evens out the app's spaces across its live machines (PlanRebalance) and returns the moves; with
-// dryRun it only plans them. Spaces on machines that are not live (stopped by Fly's auto-stop, or drained) stay
+// dryRun it only plans them. Machines dedicated to one space (PLACEMENT=dedicated) take no part. Spaces on
+// machines that are not live (stopped by Fly's auto-stop, or drained) stay
 // where they are: a replay wakes their machine when a client comes. On an error it returns the moves made so far.
 func (o *Ops) Rebalance(ctx context.Context, dryRun bool) ([]Move, error) {
 	infos, err := o.dir.ListMachines(ctx)
@@ -80,7 +81,7 @@ func (o *Ops) Rebalance(ctx context.Context, dryRun bool) ([]Move, error) {
 	}
 	var loads []Load
 	for _, m := range infos {
-		if m.App == o.cfg.App && m.Live {
+		if m.App == o.cfg.App && m.Live && !m.Dedicated {
 			loads = append(loads, Load{Machine: m.ID, Spaces: spaces[m.ID]})
 		}
 	}

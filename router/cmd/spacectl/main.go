@@ -28,6 +28,7 @@ import (
 
 	"github.com/spaceport-sync/spaceport/backend/directory"
 	"github.com/spaceport-sync/spaceport/fly/machines"
+	"github.com/spaceport-sync/spaceport/router/dedicated"
 	"github.com/spaceport-sync/spaceport/router/ops"
 )
 
@@ -42,11 +43,15 @@ Commands:
                                 move every space off the machines, then stop them (and destroy them)
   rebalance [-dry-run]          even out the spaces across the live machines
   scale [-down-only] N          bring the backend app to N machines; those that go are drained first
+  reconcile [-dry-run] [-orphan-age D] [-image IMAGE]
+                                PLACEMENT=dedicated: destroy machines made for a space the directory does not
+                                place on them, give a new machine to spaces whose machine is gone
 
 Environment:
   DATABASE_URL       the space directory's Postgres (required)
   BACKEND_APP        the backend app (default ` + ops.DefaultApp + `)
   FLY_API_TOKEN      Machines API token (fly tokens create deploy -a BACKEND_APP); none for flylocal
+  BACKEND_IMAGE      reconcile: the image of new backend machines (as the router's)
   FLY_API_HOSTNAME   Machines API base URL (default ` + machines.DefaultBaseURL + `; inside Fly
                      http://_api.internal:4280; flylocal http://127.0.0.1:4280)
 
@@ -68,6 +73,12 @@ func main() {
 type env struct {
 	ops    *ops.Ops
 	stdout io.Writer
+	// For reconcile, which works with the router's dedicated placer.
+	dir    *directory.Directory
+	api    *machines.Client
+	app    string
+	log    *slog.Logger
+	getenv func(string) string
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -125,7 +136,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	e := &env{ops: o, stdout: stdout}
+	e := &env{ops: o, stdout: stdout, dir: dir, api: mc, app: *app, log: log, getenv: getenv}
 
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	switch cmd {
@@ -143,6 +154,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return e.rebalance(ctx, rest, stderr)
 	case "scale":
 		return e.scale(ctx, rest, stderr)
+	case "reconcile":
+		return e.reconcile(ctx, rest, stderr)
 	default:
 		fs.Usage()
 		return fmt.Errorf("unknown command %q", cmd)
@@ -297,6 +310,57 @@ func (e *env) rebalance(ctx context.Context, args []string, stderr io.Writer) er
 	e.printMoves(moves, verb)
 	if err == nil && len(moves) == 0 {
 		fmt.Fprintln(e.stdout, "balanced: nothing to move")
+	}
+	return err
+}
+
+func (e *env) reconcile(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("reconcile", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dryRun := fs.Bool("dry-run", false, "print what is wrong without fixing it")
+	orphanAge := fs.Duration("orphan-age", dedicated.DefaultOrphanAge,
+		"leave alone machines younger than this (a space may still be being created on them)")
+	image := fs.String("image", e.getenv("BACKEND_IMAGE"), "`image` of new backend machines (default $BACKEND_IMAGE)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := noArgs("reconcile", fs.Args()); err != nil {
+		return err
+	}
+	if e.api == nil {
+		return fmt.Errorf("reconcile: %w", ops.ErrNoMachinesAPI)
+	}
+	if *image == "" {
+		return errors.New("reconcile: the backend image is needed to replace lost machines (-image or BACKEND_IMAGE)")
+	}
+	age := *orphanAge
+	if age <= 0 {
+		age = -1 // any age
+	}
+	p, err := dedicated.New(dedicated.Config{Directory: e.dir, Machines: e.api, App: e.app, Image: *image,
+		OrphanAge: age, Logger: e.log})
+	if err != nil {
+		return err
+	}
+	rep, err := p.Reconcile(ctx, *dryRun)
+	verb := func(done, planned string) string {
+		if *dryRun {
+			return planned
+		}
+		return done
+	}
+	for _, id := range rep.Orphans {
+		fmt.Fprintf(e.stdout, "%s orphan machine %s\n", verb("destroyed", "would destroy"), id)
+	}
+	for _, r := range rep.Rehomed {
+		fmt.Fprintf(e.stdout, "%s space %s (machine %s is gone) %s\n", verb("moved", "would move"), r.Space, r.From,
+			verb("to new machine "+r.To, "to a new machine"))
+	}
+	for _, id := range rep.Forgotten {
+		fmt.Fprintf(e.stdout, "%s destroyed machine %s from the directory\n", verb("removed", "would remove"), id)
+	}
+	if err == nil && rep.Empty() {
+		fmt.Fprintln(e.stdout, "reconciled: nothing to fix")
 	}
 	return err
 }
