@@ -136,6 +136,8 @@ func runDev(t *testing.T, root string, stop func(pid int) error) {
 	for _, app := range cfg.Apps {
 		wantCounts[filepath.Base(app.Command[0])] += app.Machines
 	}
+	// make dev places each space on a machine of its own (PLACEMENT=dedicated): the round trip's space has one.
+	wantCounts["backend"]++
 	for name, want := range wantCounts {
 		n := 0
 		for _, p := range running {
