@@ -22,12 +22,16 @@
 //     state. A replayed request may be replayed again, MaxReplays times, then error PA02.
 //   - Autostart. A stopped target machine is started, and the request waits until it accepts connections,
 //     unless its app has autostart off (503).
+//   - Idle auto-stop. A started machine of an app with idle_stop (AppConfig.IdleStop) that has had no request
+//     and no WebSocket tunnel through the edge for that long is stopped, as auto_stop_machines = "stop" does on
+//     Fly (which checks every few minutes; flylocal within a second, and with no minimum of machines running).
 //   - WebSockets. An upgrade request is replayed like any other; when the target answers 101 the connection is
 //     tunnelled both ways until either side closes.
 //   - The Machines API (MachinesAPI), on Config.APIListen: list (with metadata filters), get, create, start,
 //     stop, wait, delete, metadata and leases of the machines above, in Fly's shapes, so that the Machines API
 //     client (fly/machines) and the ops tools run against flylocal as against Fly. Machines it creates run their
-//     app's command and are kept in the state directory.
+//     app's command and are kept in the state directory. Every machine gets FLY_API_HOSTNAME pointing at it.
+//     MachinesAPI.InjectFault makes calls fail as Fly's sometimes do (capacity, lost answers), for tests.
 //   - Errors the proxy answers itself are JSON {"error": "...", "code": "PA02"} with the code of Fly's
 //     corresponding proxy error: unknown app (PA04) or machine (PR02) 502, invalid fly-replay (PA03) 502, too
 //     many replays (PA02) 502, body too large to replay (PA01) 502, no machine can serve (PR01, PR03) 503,
@@ -36,7 +40,7 @@
 // Not emulated: TLS, regions other than "local", the JSON form of fly-replay (application/vnd.fly.replay+json)
 // and its transforms, replay caching, the timeout and fallback fields (parsed and validated, then ignored; there
 // is no fly-replay-failed), the fly-prefer-region and fly-force-instance-id request headers, concurrency limits
-// and load-based autostart, idle auto-stop, health checks, 6PN and .internal DNS (machines reach each other only
+// and load-based autostart, min_machines_running, health checks, 6PN and .internal DNS (machines reach each other only
 // through the edge), the parts of the Machines API that MachinesAPI lists as missing, and retries of failed
 // connections.
 package flylocal
