@@ -120,6 +120,10 @@ func TestRun_BadConfig(t *testing.T) {
 		// Handing out tokens to anyone is refused outside flylocal.
 		"dev tokens in production": {"DATABASE_URL": "postgres://localhost/x", "AUTH_SECRET": strings.Repeat("k", 32), "DEV_TOKENS": "1", "FLY_REGION": "iad"},
 		"dev tokens without auth":  {"DATABASE_URL": "postgres://localhost/x", "AUTH_DISABLED": "1", "DEV_TOKENS": "1", "FLY_REGION": "local"},
+		"unknown placement":        {"DATABASE_URL": "postgres://localhost/x", "AUTH_DISABLED": "1", "PLACEMENT": "random"},
+		"dedicated without image":  {"DATABASE_URL": "postgres://localhost/x", "AUTH_DISABLED": "1", "PLACEMENT": "dedicated"},
+		"bad reconcile interval": {"DATABASE_URL": "postgres://localhost/x", "AUTH_DISABLED": "1", "PLACEMENT": "dedicated",
+			"BACKEND_IMAGE": "img", "RECONCILE_INTERVAL": "often"},
 	} {
 		var logs syncBuffer
 		err := run(context.Background(), nil, func(k string) string { return env[k] }, &logs)
