@@ -3,6 +3,7 @@ package protocol_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -190,5 +191,30 @@ func TestTruncateReason_KeepsValidUTF8(t *testing.T) {
 	r := protocol.TruncateReason("a" + strings.Repeat("€", 60))
 	if len(r) > protocol.MaxReasonLen || !utf8.ValidString(r) {
 		t.Fatalf("reason %q (%d bytes)", r, len(r))
+	}
+}
+
+// The server reads frames into recycled buffers: a decoded frame must not
+// point into the bytes it was decoded from.
+func TestDecode_FramesDoNotAliasTheirInput(t *testing.T) {
+	frames := []string{
+		`{"type":"hello","clientGroupID":"g1","clientID":"c1","cookie":7,"schemaVersion":"1"}`,
+		`{"type":"push","id":"p1","body":{"pushVersion":1,"schemaVersion":"1","profileID":"pr","clientGroupID":"g1",` +
+			`"mutations":[{"clientID":"c1","id":1,"name":"increment","args":{"key":"k","delta":1},"timestamp":1}]}}`,
+		`{"type":"pull","id":"q1","body":{"pullVersion":1,"schemaVersion":"1","profileID":"pr","clientGroupID":"g1","cookie":3}}`,
+	}
+	for _, frame := range frames {
+		buf := []byte(frame)
+		f, err := protocol.DecodeClientFrame(buf)
+		if err != nil {
+			t.Fatalf("%s: %v", frame, err)
+		}
+		before := fmt.Sprintf("%+v %+v %+v", f.Hello, f.Push, f.Pull)
+		for i := range buf {
+			buf[i] = 'x'
+		}
+		if after := fmt.Sprintf("%+v %+v %+v", f.Hello, f.Push, f.Pull); after != before {
+			t.Fatalf("decoded frame changed with its input:\n%s\n%s", before, after)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package wsserver
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -206,18 +207,44 @@ func (c *conn) take() []outItem {
 	return q
 }
 
+// framePool recycles the buffers frames are read into. Decoding copies what
+// it keeps, so a buffer is free again once its frame is decoded. Reading
+// into a fresh buffer instead (websocket.Conn.Read) allocates and zeroes
+// about twice the frame's size every time; frames near MaxFrameBytes (a
+// client's offline backlog, or a hostile client's oversized frames over and
+// over) then cost every connection of the process in garbage collection.
+var framePool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// readFrame reads the next message into a buffer from framePool; the caller
+// puts it back.
+func (c *conn) readFrame() (websocket.MessageType, *bytes.Buffer, error) {
+	typ, r, err := c.ws.Reader(c.srv.ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	buf := framePool.Get().(*bytes.Buffer)
+	buf.Reset()
+	if _, err := buf.ReadFrom(r); err != nil {
+		framePool.Put(buf)
+		return 0, nil, err
+	}
+	return typ, buf, nil
+}
+
 func (c *conn) readLoop() error {
 	for {
-		typ, data, err := c.ws.Read(c.srv.ctx)
+		typ, buf, err := c.readFrame()
 		if err != nil {
 			return err
 		}
 		c.lastRead.Store(time.Now().UnixNano())
 		metricFramesIn.Inc()
 		if typ != websocket.MessageText {
+			framePool.Put(buf)
 			return &protocol.ProtocolError{Code: protocol.CloseProtocol, Reason: "frames must be JSON text"}
 		}
-		f, err := protocol.DecodeClientFrame(data)
+		f, err := protocol.DecodeClientFrame(buf.Bytes())
+		framePool.Put(buf)
 		if err != nil {
 			return err
 		}

@@ -439,16 +439,17 @@ func writeHostile(w *strings.Builder, r *results) {
 	w.WriteString("space (`-hostile`), each repeating one attack for the whole run: frames that are not JSON, frames past the size\n")
 	w.WriteString("limit, floods of pushes that never wait for an answer, pushes into an honest client's group, mutation IDs from\n")
 	w.WriteString("the future, and slowloris readers that never read. Latencies are the honest clients'.\n\n")
-	w.WriteString("| run | push→pushed p50 / p99 | push→poke p50 | p99 | max | committed/s | backend cores | result |\n|---|---|---|---|---|---|---|---|\n")
+	w.WriteString("| run | push→pushed p50 / p99 | push→poke p50 | p99 | max | committed/s | backend cores | loadgen cores (attackers included) | machine busy | result |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, row := range []struct{ name, id string }{{"quiet", hostileBaseline}, {"under attack", hostileFigure}} {
 		res := r.loadgen[row.id]
 		if res == nil || res.Load == nil {
-			fmt.Fprintf(w, "| %s | not measured | | | | | | %s |\n", row.name, r.missing[row.id])
+			fmt.Fprintf(w, "| %s | not measured | | | | | | | | %s |\n", row.name, r.missing[row.id])
 			continue
 		}
 		l := res.Load
-		fmt.Fprintf(w, "| %s | %s / %s | %s | **%s** | %s | %s | %s | %s |\n", row.name, ms(l.PushToPushedMS.P50), ms(l.PushToPushedMS.P99),
-			ms(l.PushToPokeMS.P50), ms(l.PushToPokeMS.P99), ms(l.PushToPokeMS.Max), num(l.CommittedPerSec), cores(res, "target"), verdict(res))
+		fmt.Fprintf(w, "| %s | %s / %s | %s | **%s** | %s | %s | %s | %s | %s | %s |\n", row.name, ms(l.PushToPushedMS.P50), ms(l.PushToPushedMS.P99),
+			ms(l.PushToPokeMS.P50), ms(l.PushToPokeMS.P99), ms(l.PushToPokeMS.Max), num(l.CommittedPerSec), cores(res, "target"),
+			cores(res, "loadgen"), busyOf(res), verdict(res))
 	}
 	if res := r.loadgen[hostileFigure]; res != nil && res.Hostile != nil {
 		h := res.Hostile
