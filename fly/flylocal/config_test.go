@@ -18,10 +18,14 @@ func TestLoadConfig_DevExample(t *testing.T) {
 		t.Fatalf("config %+v", cfg)
 	}
 	router, backend := cfg.Apps[0], cfg.Apps[1]
-	if router.Name != "spaceport-router" || router.Machines != 1 || strings.Join(router.Command, " ") != "./bin/router" {
+	// make dev places each space on a backend machine of its own, which the router creates through the
+	// Machines API and flylocal stops when idle.
+	if router.Name != "spaceport-router" || router.Machines != 1 || strings.Join(router.Command, " ") != "./bin/router" ||
+		router.Env["PLACEMENT"] != "dedicated" || router.Env["BACKEND_IMAGE"] == "" || cfg.APIListen == "" {
 		t.Errorf("router %+v", router)
 	}
-	if backend.Name != "spaceport-backend" || backend.Machines != 3 || strings.Join(backend.Command, " ") != "./bin/backend" || !*backend.Autostart {
+	if backend.Name != "spaceport-backend" || backend.Machines != 0 || strings.Join(backend.Command, " ") != "./bin/backend" ||
+		!*backend.Autostart || backend.IdleStop <= 0 {
 		t.Errorf("backend %+v", backend)
 	}
 }
