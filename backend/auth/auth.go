@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/spaceport-sync/spaceport/backend/mutator"
 )
@@ -26,6 +27,13 @@ const MinSecretLen = 32
 
 // Issuer is the `iss` claim of Spaceport tokens.
 const Issuer = "spaceport"
+
+// VerifiedCacheSize is how many verified tokens Keys remembers. A browser
+// sends the same token on every (re)connection, and the router and the
+// backend each verify it; checking the HMAC and decoding the claims again
+// costs more than the rest of a replay decision. Only tokens that verified
+// are kept (garbage cannot evict them), each until its expiry.
+const VerifiedCacheSize = 10_000
 
 // Errors. A missing, malformed, forged or expired token is ErrUnauthorized
 // (close 4001: get a new token); a valid token for another space is
@@ -59,8 +67,9 @@ func (c *Claims) Allows(spaceID string) bool {
 
 // Keys signs and verifies tokens with one shared secret.
 type Keys struct {
-	secret []byte
-	now    func() time.Time
+	secret   []byte
+	now      func() time.Time
+	verified *lru.Cache[string, *Claims]
 }
 
 // NewKeys returns keys for secret, which must be at least MinSecretLen bytes.
@@ -68,7 +77,11 @@ func NewKeys(secret string) (*Keys, error) {
 	if len(secret) < MinSecretLen {
 		return nil, ErrShortSecret
 	}
-	return &Keys{secret: []byte(secret), now: time.Now}, nil
+	verified, err := lru.New[string, *Claims](VerifiedCacheSize)
+	if err != nil {
+		return nil, fmt.Errorf("verified token cache: %w", err)
+	}
+	return &Keys{secret: []byte(secret), now: time.Now, verified: verified}, nil
 }
 
 // Grant is what Issue puts in a token.
@@ -105,11 +118,27 @@ func (k *Keys) Issue(g Grant) (string, error) {
 }
 
 // Verify checks a token's signature, algorithm, issuer and expiry, and that
-// it names a user and a valid role.
+// it names a user and a valid role. The claims returned may be shared with
+// other callers: do not modify them.
 func (k *Keys) Verify(token string) (*Claims, error) {
 	if token == "" {
 		return nil, ErrMissing
 	}
+	if c, ok := k.verified.Get(token); ok {
+		if k.now().Before(c.ExpiresAt.Time) {
+			return c, nil
+		}
+		k.verified.Remove(token)
+	}
+	c, err := k.verify(token)
+	if err != nil {
+		return nil, err
+	}
+	k.verified.Add(token, c)
+	return c, nil
+}
+
+func (k *Keys) verify(token string) (*Claims, error) {
 	claims := &Claims{}
 	_, err := jwt.ParseWithClaims(token, claims, func(*jwt.Token) (any, error) { return k.secret, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),

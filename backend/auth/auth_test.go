@@ -37,6 +37,7 @@ func TestIssueVerifyAuthorize(t *testing.T) {
 	if _, err := k.Authorize(tok, "other"); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("other space: %v, want ErrForbidden", err)
 	}
+	// The token verified above is remembered; its expiry still applies.
 	k.now = func() time.Time { return now.Add(2 * time.Hour) }
 	if _, err := k.Verify(tok); !errors.Is(err, ErrExpired) || !errors.Is(err, ErrUnauthorized) {
 		t.Fatalf("expired: %v", err)
