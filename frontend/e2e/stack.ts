@@ -16,9 +16,7 @@ export const MACHINES_TIMEOUT_MS = 60_000;
 /** How long scripts/dev may take to stop after SIGTERM: flylocal gives machines up to 30 s, then Postgres stops. */
 export const STOP_TIMEOUT_MS = 60_000;
 /** Backend machines in fly/flylocal.dev.json. */
-export const BACKEND_MACHINES = 3;
 
-const BACKEND_APP = 'spaceport-backend';
 
 export interface StackOptions {
   /** The repository root (holds scripts/dev). */
@@ -95,7 +93,7 @@ export class Stack {
         'flylocal ready line',
       );
       stack.info.baseURL = url;
-      await waitMachinesLive(url, MACHINES_TIMEOUT_MS);
+      await waitRouterReady(url, MACHINES_TIMEOUT_MS);
     } catch (e) {
       const stopError = await stack.stop().then(
         () => '',
@@ -240,26 +238,24 @@ async function raceDeadline<T>(p: Promise<T>, failure: Promise<never>, ms: numbe
   }
 }
 
-/** Polls the router's machine list until BACKEND_MACHINES backend machines are live (registered, heartbeating). */
-async function waitMachinesLive(baseURL: string, ms: number): Promise<void> {
+/**
+ * Polls the router's readiness (directory reachable). Backend machines need not exist yet: with dedicated placement
+ * (`make dev`'s default) a machine is created with each space, when the tests create theirs.
+ */
+async function waitRouterReady(baseURL: string, ms: number): Promise<void> {
   const deadline = Date.now() + ms;
   let last = 'no answer yet';
   while (Date.now() < deadline) {
     try {
-      const res = await fetch(new URL('/api/machines', baseURL), { signal: AbortSignal.timeout(5_000) });
-      const text = await res.text();
-      last = `${res.status} ${text}`;
-      if (res.ok) {
-        const body = JSON.parse(text) as { machines?: { app: string; live: boolean }[] | null };
-        const live = (body.machines ?? []).filter((m) => m.app === BACKEND_APP && m.live).length;
-        if (live >= BACKEND_MACHINES) return;
-      }
+      const res = await fetch(new URL('/readyz', baseURL), { signal: AbortSignal.timeout(5_000) });
+      last = `${res.status} ${await res.text()}`;
+      if (res.ok) return;
     } catch (e) {
       last = String(e);
     }
     await new Promise((r) => setTimeout(r, 200));
   }
-  throw new Error(`${BACKEND_MACHINES} live backend machines not listed by GET /api/machines within ${ms / 1000} s; last: ${last}`);
+  throw new Error(`router not ready (GET /readyz) within ${ms / 1000} s; last: ${last}`);
 }
 
 /** A process's command line, or undefined when it is gone (or not visible). */
