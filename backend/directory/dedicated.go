@@ -28,18 +28,12 @@ func (d *Directory) CreateDedicatedSpace(ctx context.Context, id string, m Machi
 	if !protocol.ValidSpaceID(id) {
 		return Space{}, fmt.Errorf("create space %.64q: %w", id, ErrInvalidSpaceID)
 	}
-	if !validName(m.ID) || !validName(m.App) || len(m.Region) > maxNameLen {
+	if !m.valid() {
 		return Space{}, fmt.Errorf("create space %s on machine %.64q (app %.64q): %w", id, m.ID, m.App, ErrInvalidMachine)
 	}
 	sp := Space{ID: id, App: m.App, Machine: m.ID}
 	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
-		// The heartbeat is the router's word that the machine just started
-		// (it waited for it); the machine's own beats follow.
-		if _, err := tx.Exec(ctx, `
-			INSERT INTO directory.machines (id, app, region, state, last_heartbeat, dedicated)
-			VALUES ($1, $2, $3, $4, now(), true)
-			ON CONFLICT (id) DO UPDATE SET dedicated = true`,
-			m.ID, m.App, m.Region, string(MachineStarted)); err != nil {
+		if err := recordDedicated(ctx, tx, m); err != nil {
 			return err
 		}
 		err := tx.QueryRow(ctx, `
@@ -55,6 +49,19 @@ func (d *Directory) CreateDedicatedSpace(ctx context.Context, id string, m Machi
 		return Space{}, fmt.Errorf("create space %s on dedicated machine %s: %w", id, m.ID, err)
 	}
 	return sp, nil
+}
+
+// recordDedicated records m as a started machine dedicated to one space, or
+// marks it dedicated if it registered itself first. The heartbeat is the
+// router's word that the machine just started (it waited for it); the
+// machine's own beats follow.
+func recordDedicated(ctx context.Context, tx pgx.Tx, m Machine) error {
+	_, err := tx.Exec(ctx, `
+		INSERT INTO directory.machines (id, app, region, state, last_heartbeat, dedicated)
+		VALUES ($1, $2, $3, $4, now(), true)
+		ON CONFLICT (id) DO UPDATE SET dedicated = true`,
+		m.ID, m.App, m.Region, string(MachineStarted))
+	return err
 }
 
 // DeleteSpace removes space id from the directory and returns its last
@@ -105,16 +112,12 @@ func (d *Directory) MoveSpaceToDedicated(ctx context.Context, id string, m Machi
 	if !protocol.ValidSpaceID(id) {
 		return Space{}, fmt.Errorf("move space %.64q: %w", id, ErrInvalidSpaceID)
 	}
-	if !validName(m.ID) || !validName(m.App) || len(m.Region) > maxNameLen {
+	if !m.valid() {
 		return Space{}, fmt.Errorf("move space %s to machine %.64q (app %.64q): %w", id, m.ID, m.App, ErrInvalidMachine)
 	}
 	var sp Space
 	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `
-			INSERT INTO directory.machines (id, app, region, state, last_heartbeat, dedicated)
-			VALUES ($1, $2, $3, $4, now(), true)
-			ON CONFLICT (id) DO UPDATE SET dedicated = true`,
-			m.ID, m.App, m.Region, string(MachineStarted)); err != nil {
+		if err := recordDedicated(ctx, tx, m); err != nil {
 			return err
 		}
 		err := tx.QueryRow(ctx, `

@@ -65,11 +65,17 @@ func validName(s string) bool {
 	return true
 }
 
+// valid reports whether m may be recorded: its ID and app are valid names
+// and its region is not too long.
+func (m Machine) valid() bool {
+	return validName(m.ID) && validName(m.App) && len(m.Region) <= maxNameLen
+}
+
 // RegisterMachine records m as started with a heartbeat now, creating it or
 // updating the app and region of an existing row (a machine that restarts
 // registers again under the same ID and keeps its spaces).
 func (d *Directory) RegisterMachine(ctx context.Context, m Machine) error {
-	if !validName(m.ID) || !validName(m.App) || len(m.Region) > maxNameLen {
+	if !m.valid() {
 		return fmt.Errorf("register machine %.64q (app %.64q): %w", m.ID, m.App, ErrInvalidMachine)
 	}
 	_, err := d.pool.Exec(ctx, `

@@ -147,6 +147,29 @@ func (d *Directory) ListSpaces(ctx context.Context, after string, limit int) ([]
 	return spaces, nil
 }
 
+// AppSpaces returns every space of app, in ID order, read a page of
+// MaxListLimit at a time so that no single query is unbounded: what
+// operations over a whole app (drain, rebalance, reconcile) start from.
+func (d *Directory) AppSpaces(ctx context.Context, app string) ([]Space, error) {
+	var out []Space
+	after := ""
+	for {
+		page, err := d.ListSpaces(ctx, after, MaxListLimit)
+		if err != nil {
+			return nil, err
+		}
+		for _, sp := range page {
+			if sp.App == app {
+				out = append(out, sp)
+			}
+		}
+		if len(page) < MaxListLimit {
+			return out, nil
+		}
+		after = page[len(page)-1].ID
+	}
+}
+
 // MoveSpace assigns space id to machine (and to that machine's app). The
 // update and its NOTIFY on NotifyChannel commit together, so every listener
 // drops the old placement as soon as it is no longer true. The target need

@@ -154,23 +154,15 @@ func (p *Placer) rehome(ctx context.Context, sp directory.Space) (string, error)
 
 // spaces returns the app's spaces by ID.
 func (p *Placer) spaces(ctx context.Context) (map[string]directory.Space, error) {
-	out := map[string]directory.Space{}
-	after := ""
-	for {
-		page, err := p.dir.ListSpaces(ctx, after, directory.MaxListLimit)
-		if err != nil {
-			return nil, err
-		}
-		for _, sp := range page {
-			if sp.App == p.cfg.App {
-				out[sp.ID] = sp
-			}
-		}
-		if len(page) < directory.MaxListLimit {
-			return out, nil
-		}
-		after = page[len(page)-1].ID
+	list, err := p.dir.AppSpaces(ctx, p.cfg.App)
+	if err != nil {
+		return nil, err
 	}
+	out := make(map[string]directory.Space, len(list))
+	for _, sp := range list {
+		out[sp.ID] = sp
+	}
+	return out, nil
 }
 
 // RunReconciler runs Reconcile every interval (0 means DefaultReconcileInterval) until ctx is done, logging

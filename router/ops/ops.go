@@ -195,23 +195,15 @@ func (o *Ops) MoveSpace(ctx context.Context, id, machine string) (Move, error) {
 
 // spacesByMachine returns the app's spaces grouped by machine, each group in ID order.
 func (o *Ops) spacesByMachine(ctx context.Context) (map[string][]string, error) {
-	out := map[string][]string{}
-	after := ""
-	for {
-		page, err := o.dir.ListSpaces(ctx, after, directory.MaxListLimit)
-		if err != nil {
-			return nil, err
-		}
-		for _, sp := range page {
-			if sp.App == o.cfg.App {
-				out[sp.Machine] = append(out[sp.Machine], sp.ID)
-			}
-		}
-		if len(page) < directory.MaxListLimit {
-			return out, nil
-		}
-		after = page[len(page)-1].ID
+	spaces, err := o.dir.AppSpaces(ctx, o.cfg.App)
+	if err != nil {
+		return nil, err
 	}
+	out := map[string][]string{}
+	for _, sp := range spaces {
+		out[sp.Machine] = append(out[sp.Machine], sp.ID)
+	}
+	return out, nil
 }
 
 // move applies one move, pausing MoveInterval after it.
