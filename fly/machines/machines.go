@@ -127,6 +127,33 @@ func (c *Client) Wait(ctx context.Context, app, id string, req WaitRequest) erro
 	}
 }
 
+// StopAndWait stops machine m (as read by Get or List) with req unless it is
+// stopped already, and waits at most timeout until it is: Stop alone answers
+// before the machine has stopped. The wait is for m's instance, so a machine
+// started again meanwhile does not count as stopped. A machine that no longer
+// exists gives an error matching ErrNotFound.
+func (c *Client) StopAndWait(ctx context.Context, app string, m *Machine, req StopRequest, timeout time.Duration) error {
+	if m.State != StateStopped {
+		if err := c.Stop(ctx, app, m.ID, req); err != nil {
+			return err
+		}
+	}
+	return c.Wait(ctx, app, m.ID, WaitRequest{State: StateStopped, InstanceID: m.InstanceID, Timeout: timeout})
+}
+
+// Destroy destroys stopped machine id and waits at most timeout until it is
+// gone. A machine that is gone already is not an error.
+func (c *Client) Destroy(ctx context.Context, app, id string, timeout time.Duration) error {
+	err := c.Delete(ctx, app, id, false)
+	if err == nil {
+		err = c.Wait(ctx, app, id, WaitRequest{State: StateDestroyed, Timeout: timeout})
+	}
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
 // Delete destroys machine id. A machine that is not stopped is refused (ErrPreconditionFailed) unless force,
 // which stops it first.
 func (c *Client) Delete(ctx context.Context, app, id string, force bool) error {

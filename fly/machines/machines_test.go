@@ -326,3 +326,42 @@ func TestClient_CreatedMachinesSurviveRestart(t *testing.T) {
 		t.Fatalf("machines after a restart: %v", ids)
 	}
 }
+
+// StopAndWait and Destroy compose the documented calls: stopped means
+// stopped (not only asked to stop), destroyed means gone, and both treat a
+// machine already in that state as done.
+func TestClient_StopAndWaitThenDestroy(t *testing.T) {
+	t.Parallel()
+	lf := openLocal(t, "", "", "")
+	c, ctx := lf.client, testContext(t)
+	m, err := c.Create(ctx, workerApp, machines.CreateRequest{Config: machines.MachineConfig{Image: "workers:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Wait(ctx, workerApp, m.ID, machines.WaitRequest{State: machines.StateStarted}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err = c.Get(ctx, workerApp, m.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StopAndWait(ctx, workerApp, m, machines.StopRequest{Signal: "SIGTERM"}, 10*time.Second); err != nil {
+		t.Fatalf("StopAndWait: %v", err)
+	}
+	if st, _ := lf.srv.Supervisor.State(m.ID); st != flylocal.StateStopped {
+		t.Fatalf("after StopAndWait the supervisor says %s", st)
+	}
+	stopped, err := c.Get(ctx, workerApp, m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StopAndWait(ctx, workerApp, stopped, machines.StopRequest{}, 10*time.Second); err != nil {
+		t.Fatalf("StopAndWait of a stopped machine: %v", err)
+	}
+	for range 2 { // the second time, the machine is gone already
+		if err := c.Destroy(ctx, workerApp, m.ID, 10*time.Second); err != nil {
+			t.Fatalf("Destroy: %v", err)
+		}
+	}
+	_, err = c.Get(ctx, workerApp, m.ID)
+	wantErr(t, "Get of a destroyed machine", err, machines.ErrNotFound)
+}

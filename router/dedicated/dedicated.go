@@ -277,18 +277,12 @@ func (p *Placer) DeleteSpace(ctx context.Context, id string) (DeleteResult, erro
 // retire stops machine m (SIGTERM: the backend finishes its batch in flight), waits until it is stopped,
 // destroys it and forgets it in the directory.
 func (p *Placer) retire(ctx context.Context, m *machines.Machine) error {
-	if m.State != machines.StateStopped {
-		if err := p.api.Stop(ctx, p.cfg.App, m.ID, machines.StopRequest{Signal: "SIGTERM", Timeout: DefaultKillTimeout}); err != nil &&
-			!errors.Is(err, machines.ErrNotFound) {
-			return fmt.Errorf("retire machine %s: %w", m.ID, err)
-		}
-		err := p.api.Wait(ctx, p.cfg.App, m.ID, machines.WaitRequest{State: machines.StateStopped,
-			InstanceID: m.InstanceID, Timeout: time.Until(deadline(ctx))})
-		if err != nil && !errors.Is(err, machines.ErrNotFound) {
-			return fmt.Errorf("retire machine %s: %w", m.ID, err)
-		}
+	stop := machines.StopRequest{Signal: "SIGTERM", Timeout: DefaultKillTimeout}
+	if err := p.api.StopAndWait(ctx, p.cfg.App, m, stop, time.Until(deadline(ctx))); err != nil &&
+		!errors.Is(err, machines.ErrNotFound) {
+		return fmt.Errorf("retire machine %s: %w", m.ID, err)
 	}
-	if err := p.api.Delete(ctx, p.cfg.App, m.ID, false); err != nil && !errors.Is(err, machines.ErrNotFound) {
+	if err := p.api.Destroy(ctx, p.cfg.App, m.ID, time.Until(deadline(ctx))); err != nil {
 		return fmt.Errorf("retire machine %s: %w", m.ID, err)
 	}
 	p.log.Info("dedicated: machine retired", "machine", m.ID)

@@ -181,14 +181,11 @@ func (o *Ops) stop(ctx context.Context, id string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if m.State != machines.StateStopped {
-		o.log.Info("ops: stopping machine", "machine", id, "state", m.State, "signal", DefaultStopSignal)
-		if err := o.api.Stop(ctx, o.cfg.App, id, machines.StopRequest{Signal: DefaultStopSignal}); err != nil {
-			return false, err
-		}
+	o.log.Info("ops: stopping machine", "machine", id, "state", m.State, "signal", DefaultStopSignal)
+	err = o.api.StopAndWait(ctx, o.cfg.App, m, machines.StopRequest{Signal: DefaultStopSignal}, o.cfg.StopTimeout)
+	if errors.Is(err, machines.ErrNotFound) {
+		return false, nil
 	}
-	err = o.api.Wait(ctx, o.cfg.App, id, machines.WaitRequest{
-		State: machines.StateStopped, InstanceID: m.InstanceID, Timeout: o.cfg.StopTimeout})
 	if err != nil {
 		return false, err
 	}
@@ -198,11 +195,7 @@ func (o *Ops) stop(ctx context.Context, id string) (bool, error) {
 
 // destroy destroys stopped machine id and waits until it is gone.
 func (o *Ops) destroy(ctx context.Context, id string) error {
-	if err := o.api.Delete(ctx, o.cfg.App, id, false); err != nil {
-		return err
-	}
-	err := o.api.Wait(ctx, o.cfg.App, id, machines.WaitRequest{State: machines.StateDestroyed, Timeout: o.cfg.StopTimeout})
-	if err != nil && !errors.Is(err, machines.ErrNotFound) {
+	if err := o.api.Destroy(ctx, o.cfg.App, id, o.cfg.StopTimeout); err != nil {
 		return err
 	}
 	o.log.Info("ops: machine destroyed", "machine", id)
