@@ -11,16 +11,13 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 	"github.com/spaceport-sync/spaceport/backend/syncclient"
+	"github.com/spaceport-sync/spaceport/fly/stacktest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -31,52 +28,6 @@ const waitTimeout = 60 * time.Second
 
 // backendApp is the app new spaces are placed in: the router's default BACKEND_APP.
 const backendApp = "spaceport-backend"
-
-// repoRoot is the repository's top folder (go test runs a package's tests in the package's folder).
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	root, err := filepath.Abs(filepath.Join("..", ".."))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"go.work", "scripts/dev", "backend/go.mod", "router/go.mod"} {
-		if _, err := os.Stat(filepath.Join(root, want)); err != nil {
-			t.Fatalf("%s does not look like the repository root: %v", root, err)
-		}
-	}
-	return root
-}
-
-// buildCommands builds the router and backend commands into a folder of the test's own and returns their paths.
-// Each is built from its own module's folder, so this works with and without the go.work workspace. Under -race
-// they are built with -race too.
-func buildCommands(t *testing.T) (router, backend string) {
-	t.Helper()
-	root, dir := repoRoot(t), t.TempDir()
-	build := func(module, pkg string) string {
-		out := filepath.Join(dir, filepath.Base(pkg))
-		args := []string{"build", "-o", out}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		cmd := exec.Command("go", append(args, pkg)...)
-		cmd.Dir = filepath.Join(root, module)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go %s (in %s): %v\n%s", strings.Join(cmd.Args[1:], " "), module, err, b)
-		}
-		return out
-	}
-	return build("router", "./cmd/router"), build("backend", "./cmd/backend")
-}
-
-// raceEnv is the environment a process built with -race needs so that it exits at once: the race detector
-// otherwise sleeps a second at exit, which slows every stop.
-func raceEnv() map[string]string {
-	if !raceEnabled {
-		return nil
-	}
-	return map[string]string{"GORACE": strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")}
-}
 
 // randomHex returns n random bytes in hex.
 func randomHex(n int) string {
@@ -99,40 +50,6 @@ func freeAddrs(t *testing.T, n int) []string {
 		addrs = append(addrs, ln.Addr().String())
 	}
 	return addrs
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent use, for the output of processes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-// waitFor polls cond until it returns nil or waitTimeout passes, then fails the test with cond's last error.
-func waitFor(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s: %v", waitTimeout, what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // edge talks to the system's public URL, as a browser does.
@@ -244,7 +161,7 @@ type machineInfo struct {
 // live: each has registered itself, so placement and moves can use it.
 func (e *edge) waitLiveMachines(t *testing.T, ids ...string) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("backend machines %v live in the directory", ids), func() error {
+	stacktest.WaitUntil(t, waitTimeout, fmt.Sprintf("backend machines %v live in the directory", ids), func() error {
 		status, b, err := e.call(http.MethodGet, "/api/machines", nil)
 		if err != nil {
 			return err
@@ -279,7 +196,7 @@ func (e *edge) waitLiveMachines(t *testing.T, ids ...string) {
 func (e *edge) createSpace(t *testing.T, id string) space {
 	t.Helper()
 	var sp space
-	waitFor(t, "POST /api/spaces", func() error {
+	stacktest.WaitUntil(t, waitTimeout, "POST /api/spaces", func() error {
 		status, b, err := e.call(http.MethodPost, "/api/spaces", map[string]string{"id": id})
 		switch {
 		case err != nil:

@@ -20,6 +20,7 @@ import (
 
 	"github.com/spaceport-sync/spaceport/backend/syncclient"
 	"github.com/spaceport-sync/spaceport/fly/flylocal"
+	"github.com/spaceport-sync/spaceport/fly/stacktest"
 )
 
 // devStartTimeout bounds scripts/dev from start to flylocal's ready line: building the binaries, and on a clean
@@ -44,7 +45,7 @@ func TestMakeDev(t *testing.T) {
 		t.Skip("finding the processes scripts/dev started needs Linux's /proc")
 	}
 	t.Parallel()
-	root := repoRoot(t)
+	root := stacktest.RepoRoot(t)
 	stops := []struct {
 		name string
 		stop func(pid int) error
@@ -225,7 +226,7 @@ func syncRoundTrip(t *testing.T, e *edge) {
 
 // readyWriter collects a process's output and reports the URL of flylocal's ready line.
 type readyWriter struct {
-	syncBuffer
+	stacktest.SyncBuffer
 	lineMu sync.Mutex
 	line   []byte
 	ready  chan string
@@ -237,7 +238,7 @@ func newReadyWriter() *readyWriter { return &readyWriter{ready: make(chan string
 var readyURL = regexp.MustCompile(`\bmsg=ready\b.*\burl=(\S+)`)
 
 func (w *readyWriter) Write(p []byte) (int, error) {
-	_, _ = w.syncBuffer.Write(p)
+	_, _ = w.SyncBuffer.Write(p)
 	w.lineMu.Lock()
 	defer w.lineMu.Unlock()
 	for _, b := range p {

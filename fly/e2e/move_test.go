@@ -5,10 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
-	"maps"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +15,7 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/protocol"
 	"github.com/spaceport-sync/spaceport/backend/syncclient"
 	"github.com/spaceport-sync/spaceport/fly/flylocal"
+	"github.com/spaceport-sync/spaceport/fly/stacktest"
 )
 
 // statusMoved is the close code of a backend that does not own the space (PROTOCOL.md §5).
@@ -26,12 +24,14 @@ const statusMoved websocket.StatusCode = 4004
 // routerApp is the edge app: every request reaches the router first.
 const routerApp = "spaceport-router"
 
-// openSystem runs the real router (one machine) and backend (backends machines) binaries under flylocal against a
-// fresh Postgres database. Everything stops when the test ends; a data race or a crash in a machine fails the test.
-// Each option may change the machines' environment (and read it: DATABASE_URL is the test's database).
-func openSystem(t *testing.T, backends int, adminToken string, options ...func(env map[string]string)) *flylocal.Server {
+// openPair runs the real router (one machine) and backend (two machines) binaries under flylocal against a fresh
+// Postgres database, and returns the system's edge, with the admin token set, once both backend machines are live
+// in the directory, and their IDs. Everything stops when the test ends; a data race or a crash in a machine fails
+// the test. Each option may change the machines' environment (and read it: DATABASE_URL is the test's database).
+func openPair(t *testing.T, options ...func(env map[string]string)) (*edge, [2]string) {
 	t.Helper()
-	routerBin, backendBin := buildCommands(t)
+	bins := stacktest.Build(t)
+	admin := randomHex(16)
 	env := map[string]string{
 		"DATABASE_URL": pgtest.NewDatabase(t),
 		"STATIC_DIR":   t.TempDir(),
@@ -40,51 +40,37 @@ func openSystem(t *testing.T, backends int, adminToken string, options ...func(e
 		"AUTH_SECRET":   randomHex(32),
 		"DEV_TOKENS":    "1",
 		"REPLAY_SECRET": randomHex(16),
-		"ADMIN_TOKEN":   adminToken,
+		"ADMIN_TOKEN":   admin,
 	}
-	maps.Copy(env, raceEnv())
 	for _, o := range options {
 		o(env)
 	}
-	cfg := flylocal.Config{
+	srv := stacktest.Open(t, flylocal.Config{
 		Listen:   "127.0.0.1:0",
 		StateDir: t.TempDir(),
 		EdgeApp:  routerApp,
 		Env:      env,
 		Apps: []flylocal.AppConfig{
-			{Name: routerApp, Machines: 1, Command: []string{routerBin}},
-			{Name: backendApp, Machines: backends, Command: []string{backendBin}},
+			{Name: routerApp, Machines: 1, Command: []string{bins.Router}},
+			{Name: backendApp, Machines: 2, Command: []string{bins.Backend}},
 		},
+	}, waitTimeout)
+	e := newEdge(t, srv.URL())
+	e.admin = admin
+	var pair [2]string
+	for i, m := range srv.Supervisor.Machines(backendApp) {
+		pair[i] = m.ID
 	}
-	var logs, output syncBuffer
-	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv, err := flylocal.NewServer(cfg, logger, &output)
-	if err != nil {
-		t.Fatalf("flylocal.NewServer: %v", err)
+	e.waitLiveMachines(t, pair[:]...)
+	return e, pair
+}
+
+// theOther is the machine of pair that is not id.
+func theOther(pair [2]string, id string) string {
+	if pair[0] == id {
+		return pair[1]
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-		defer cancel()
-		if err := srv.Close(ctx); err != nil {
-			t.Errorf("close flylocal: %v", err)
-		}
-		if strings.Contains(output.String(), "DATA RACE") {
-			t.Error("a machine reported a data race")
-		}
-		if strings.Contains(logs.String(), "machine failed") {
-			t.Error("a machine failed during the test")
-		}
-		if t.Failed() {
-			t.Logf("flylocal log:\n%s", logs.String())
-			t.Logf("machine output:\n%s", output.String())
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	if err := srv.Open(ctx); err != nil {
-		t.Fatalf("open flylocal: %v", err)
-	}
-	return srv
+	return pair[0]
 }
 
 // peer is one Replicache client as a browser tab runs it: it keeps its replica, its next mutation ID and the
@@ -239,17 +225,8 @@ func TestFlylocal_SpaceMovesBetweenMachines(t *testing.T) {
 		t.Skip("builds and runs the router and backend binaries")
 	}
 	t.Parallel()
-	admin := randomHex(16)
-	srv := openSystem(t, 2, admin)
-	e := newEdge(t, srv.URL())
-	e.admin = admin
+	e, pair := openPair(t)
 	ctx := testContext(t)
-
-	var machines []string
-	for _, m := range srv.Supervisor.Machines(backendApp) {
-		machines = append(machines, m.ID)
-	}
-	e.waitLiveMachines(t, machines...)
 
 	const spaceID = "e2e-move"
 	sp := e.createSpace(t, spaceID)
@@ -257,10 +234,7 @@ func TestFlylocal_SpaceMovesBetweenMachines(t *testing.T) {
 		t.Fatalf("GET /api/spaces/%s says machine %s; POST said %s", spaceID, got.Machine, sp.Machine)
 	}
 	owner := sp.Machine
-	other := machines[0]
-	if other == owner {
-		other = machines[1]
-	}
+	other := theOther(pair, owner)
 
 	p1, p2 := newPeer(t, "client 1", e.wsURL(spaceID, e.token(t))), newPeer(t, "client 2", e.wsURL(spaceID, e.token(t)))
 	for _, p := range []*peer{p1, p2} {
@@ -347,7 +321,7 @@ func TestFlylocal_SpaceMovesBetweenMachines(t *testing.T) {
 // and checks that no server frame broke a peer's poke chain.
 func waitConverged(t *testing.T, want float64, peers ...*peer) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("replicas to converge with counter %v", want), func() error {
+	stacktest.WaitUntil(t, waitTimeout, fmt.Sprintf("replicas to converge with counter %v", want), func() error {
 		first := peers[0].c.State()
 		for _, p := range peers {
 			s := p.c.State()

@@ -24,28 +24,16 @@ func TestFlylocal_StaleRouterCache(t *testing.T) {
 		t.Skip("builds and runs the router and backend binaries")
 	}
 	t.Parallel()
-	admin := randomHex(16)
 	var dbURL string
-	srv := openSystem(t, 2, admin, func(env map[string]string) {
+	e, pair := openPair(t, func(env map[string]string) {
 		env["CACHE_TTL"] = staleCacheTTL.String()
 		dbURL = env["DATABASE_URL"]
 	})
-	e := newEdge(t, srv.URL())
-	e.admin = admin
 	ctx := testContext(t)
-
-	var machines []string
-	for _, m := range srv.Supervisor.Machines(backendApp) {
-		machines = append(machines, m.ID)
-	}
-	e.waitLiveMachines(t, machines...)
 
 	const spaceID = "e2e-stale"
 	owner := e.createSpace(t, spaceID).Machine
-	other := machines[0]
-	if other == owner {
-		other = machines[1]
-	}
+	other := theOther(pair, owner)
 
 	p1 := newPeer(t, "client 1", e.wsURL(spaceID, e.token(t)))
 	if w := p1.connect(ctx); w.MachineID != owner {

@@ -19,6 +19,7 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/syncclient"
 	"github.com/spaceport-sync/spaceport/fly/flylocal"
 	"github.com/spaceport-sync/spaceport/fly/machines"
+	"github.com/spaceport-sync/spaceport/fly/stacktest"
 	"github.com/spaceport-sync/spaceport/router/dedicated"
 )
 
@@ -44,7 +45,7 @@ func TestStack(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*stackTimeout)
 	defer cancel()
-	bins := buildCommands(t)
+	bins := stacktest.Build(t)
 	dbURL := pgtest.NewDatabase(t)
 	s := &stack{t: t, srv: openStack(t, bins, dbURL, 2*time.Second)}
 	pool, err := pgxpool.New(ctx, dbURL)
@@ -100,7 +101,7 @@ func TestStack(t *testing.T) {
 	warm := time.Since(start)
 	running.Close()
 	holder.Close()
-	waitUntil(t, "the idle machine of "+first.ID+" stopped", func() error {
+	stacktest.WaitUntil(t, stackTimeout, "the idle machine of "+first.ID+" stopped", func() error {
 		if st, _ := s.srv.Supervisor.State(first.Machine); st != flylocal.StateStopped {
 			return fmt.Errorf("machine %s is %s", first.Machine, st)
 		}

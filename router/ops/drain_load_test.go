@@ -5,10 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -20,10 +16,10 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/directory"
 	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 	"github.com/spaceport-sync/spaceport/backend/protocol"
-	"github.com/spaceport-sync/spaceport/backend/store"
 	"github.com/spaceport-sync/spaceport/backend/syncclient"
 	"github.com/spaceport-sync/spaceport/fly/flylocal"
 	"github.com/spaceport-sync/spaceport/fly/machines"
+	"github.com/spaceport-sync/spaceport/fly/stacktest"
 	"github.com/spaceport-sync/spaceport/router/ops"
 )
 
@@ -40,7 +36,7 @@ func TestStack(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the router and backend binaries")
 	}
-	bins := buildCommands(t)
+	bins := stacktest.Build(t)
 	t.Run("DrainUnderLoad", func(t *testing.T) {
 		t.Parallel()
 		testDrainUnderLoad(t, bins)
@@ -55,7 +51,7 @@ func TestStack(t *testing.T) {
 // the edge the whole time. Every client of a drained space ends up on another machine, the counters equal the
 // increments the clients issued (each acknowledged, none lost or doubled), clients of other spaces are not
 // disturbed, and the drained machine is stopped.
-func testDrainUnderLoad(t *testing.T, bins binaries) {
+func testDrainUnderLoad(t *testing.T, bins stacktest.Binaries) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*loadTimeout)
 	defer cancel()
 	dbURL := pgtest.NewDatabase(t)
@@ -78,7 +74,7 @@ func testDrainUnderLoad(t *testing.T, bins binaries) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "3 backend machines live in the directory", func() error {
+	stacktest.WaitUntil(t, loadTimeout, "3 backend machines live in the directory", func() error {
 		st, err := o.Status(ctx)
 		if err != nil {
 			return err
@@ -125,7 +121,7 @@ func testDrainUnderLoad(t *testing.T, bins binaries) {
 	}
 	stopLoad := sync.OnceFunc(func() { close(stop); wg.Wait(); close(errs) })
 	defer stopLoad()
-	waitUntil(t, "every client acknowledged 5 increments", func() error {
+	stacktest.WaitUntil(t, loadTimeout, "every client acknowledged 5 increments", func() error {
 		for _, c := range clients {
 			if n := c.ackCount(); n < 5 {
 				return fmt.Errorf("%s: %d acks", c.name, n)
@@ -153,7 +149,7 @@ func testDrainUnderLoad(t *testing.T, bins binaries) {
 	for _, c := range clients {
 		before[c] = c.ackCount()
 	}
-	waitUntil(t, "every client writing again, on a machine other than the drained one", func() error {
+	stacktest.WaitUntil(t, loadTimeout, "every client writing again, on a machine other than the drained one", func() error {
 		for _, c := range clients {
 			if m := c.currentMachine(); m == victim || m == "" {
 				return fmt.Errorf("%s is on machine %q", c.name, m)
@@ -414,7 +410,7 @@ func (lc *loadClient) spaceMachine(spaces []directory.Space) string {
 func readCounter(t *testing.T, ctx context.Context, url string) float64 {
 	t.Helper()
 	var c *syncclient.Client
-	waitUntil(t, "a reader connected to "+url, func() error {
+	stacktest.WaitUntil(t, loadTimeout, "a reader connected to "+url, func() error {
 		dctx, cancel := context.WithTimeout(ctx, loadTimeout)
 		defer cancel()
 		var err error
@@ -444,137 +440,22 @@ func readCounter(t *testing.T, ctx context.Context, url string) float64 {
 // openStack runs the real router (one machine) and backend (backends machines) binaries under flylocal, with its
 // Machines API, against the database at dbURL. Everything stops when the test ends; a data race or a crash in a
 // machine fails the test.
-func openStack(t *testing.T, bins binaries, dbURL string, backends int) *flylocal.Server {
+func openStack(t *testing.T, bins stacktest.Binaries, dbURL string, backends int) *flylocal.Server {
 	t.Helper()
-	migrateFirst(t, dbURL)
-	// Tokens are not what this test is about (AUTH_DISABLED); the replay secret is on, as on Fly, so backends
-	// admit only what the router replayed.
-	env := map[string]string{"DATABASE_URL": dbURL, "STATIC_DIR": t.TempDir(), "AUTH_DISABLED": "1",
-		"REPLAY_SECRET": "drain-test-replay-secret"}
-	if raceEnabled {
-		env["GORACE"] = strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
-	}
-	cfg := flylocal.Config{
+	stacktest.MigrateFirst(t, dbURL, loadTimeout)
+	return stacktest.Open(t, flylocal.Config{
 		Listen:    "127.0.0.1:0",
 		APIListen: "127.0.0.1:0",
 		StateDir:  t.TempDir(),
 		EdgeApp:   routerApp,
-		Env:       env,
+		// Tokens are not what this test is about (AUTH_DISABLED); the replay secret is on, as on Fly, so
+		// backends admit only what the router replayed.
+		Env: map[string]string{"DATABASE_URL": dbURL, "STATIC_DIR": t.TempDir(), "AUTH_DISABLED": "1",
+			"REPLAY_SECRET": "drain-test-replay-secret"},
 		Apps: []flylocal.AppConfig{
-			{Name: routerApp, Machines: 1, Command: []string{bins.router}},
-			{Name: ops.DefaultApp, Machines: backends, Command: []string{bins.backend},
+			{Name: routerApp, Machines: 1, Command: []string{bins.Router}},
+			{Name: ops.DefaultApp, Machines: backends, Command: []string{bins.Backend},
 				KillTimeout: flylocal.Duration(30 * time.Second)},
 		},
-	}
-	var logs, output syncBuffer
-	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv, err := flylocal.NewServer(cfg, logger, &output)
-	if err != nil {
-		t.Fatalf("flylocal.NewServer: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
-		defer cancel()
-		if err := srv.Close(ctx); err != nil {
-			t.Errorf("close flylocal: %v", err)
-		}
-		if strings.Contains(output.String(), "DATA RACE") {
-			t.Error("a machine reported a data race")
-		}
-		if strings.Contains(logs.String(), "machine failed") {
-			t.Error("a machine failed during the test")
-		}
-		if t.Failed() || os.Getenv("SPACEPORT_TEST_LOGS") != "" {
-			t.Logf("flylocal log:\n%s", logs.String())
-			t.Logf("machine output:\n%s", output.String())
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
-	defer cancel()
-	if err := srv.Open(ctx); err != nil {
-		t.Fatalf("open flylocal: %v", err)
-	}
-	return srv
-}
-
-// binaries are the paths of the built router and backend commands.
-type binaries struct{ router, backend string }
-
-// migrateFirst migrates the fresh database before the machines start, as the first deploy has done on Fly by
-// the time anyone drains or scales. The first migrations of several processes at once on an empty database are
-// backend/migrate's concern, not this test's.
-func migrateFirst(t *testing.T, dbURL string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), loadTimeout)
-	defer cancel()
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	if _, err := directory.Open(ctx, pool, directory.Config{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := store.Open(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// buildCommands builds the router and backend commands, each from its own module's folder, with -race when the
-// test runs with it.
-func buildCommands(t *testing.T) binaries {
-	t.Helper()
-	root, err := filepath.Abs(filepath.Join("..", ".."))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	build := func(module, pkg string) string {
-		out := filepath.Join(dir, filepath.Base(pkg))
-		args := []string{"build", "-o", out}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		cmd := exec.Command("go", append(args, pkg)...)
-		cmd.Dir = filepath.Join(root, module)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go %s (in %s): %v\n%s", strings.Join(cmd.Args[1:], " "), module, err, b)
-		}
-		return out
-	}
-	return binaries{router: build("router", "./cmd/router"), backend: build("backend", "./cmd/backend")}
-}
-
-// waitUntil polls cond until it returns nil or loadTimeout passes.
-func waitUntil(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(loadTimeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s: %v", loadTimeout, what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent use, for the output of processes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+	}, loadTimeout)
 }

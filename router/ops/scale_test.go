@@ -12,13 +12,14 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/directory"
 	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 	"github.com/spaceport-sync/spaceport/fly/machines"
+	"github.com/spaceport-sync/spaceport/fly/stacktest"
 	"github.com/spaceport-sync/spaceport/router/ops"
 )
 
 // testScaleUpAndDown scales the backend app of a stack with two machines through flylocal's Machines API: up,
 // a clone of a running machine that registers itself and receives spaces; down, the machine with the fewest
 // spaces is drained and destroyed, and every space is left on a machine that exists.
-func testScaleUpAndDown(t *testing.T, bins binaries) {
+func testScaleUpAndDown(t *testing.T, bins stacktest.Binaries) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*loadTimeout)
 	defer cancel()
 	dbURL := pgtest.NewDatabase(t)
@@ -40,7 +41,7 @@ func testScaleUpAndDown(t *testing.T, bins binaries) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "2 backend machines live", func() error {
+	stacktest.WaitUntil(t, loadTimeout, "2 backend machines live", func() error {
 		if n := liveCount(ctx, dir); n != 2 {
 			return fmt.Errorf("%d live", n)
 		}

@@ -1,5 +1,0 @@
-//go:build !race
-
-package dedicated_test
-
-const raceEnabled = false
