@@ -573,6 +573,30 @@ func TestAdminAuthSeam(t *testing.T) {
 	}
 }
 
+// Under shared placement, deleting a space removes it from the directory
+// and retires nothing: its machine serves other spaces. The router stops
+// replaying connections to it at once.
+func TestDeleteSpace_SharedRetiresNoMachine(t *testing.T) {
+	r := newRouter(t, pgtest.NewDatabase(t), routerOpts{})
+	r.register(m1)
+	if resp := r.do(http.MethodPost, "/api/spaces", `{"id":"gone"}`); resp.status != http.StatusCreated {
+		t.Fatalf("create: %d %s", resp.status, resp.body)
+	}
+	if got := r.replayTarget("gone"); got != m1 {
+		t.Fatalf("replay to %s, want %s", got, m1)
+	}
+	resp := r.do(http.MethodDelete, "/api/spaces/gone", "")
+	if resp.status != http.StatusOK || !strings.Contains(string(resp.body), `"machineRetired":false`) ||
+		!strings.Contains(string(resp.body), `"machine":"`+m1+`"`) {
+		t.Fatalf("delete: %d %s", resp.status, resp.body)
+	}
+	wantError(t, r.connect("gone"), http.StatusNotFound, "space_not_found")
+	wantError(t, r.do(http.MethodDelete, "/api/spaces/gone", ""), http.StatusNotFound, "space_not_found")
+	if resp := r.do(http.MethodGet, "/api/machines", ""); !strings.Contains(string(resp.body), m1) {
+		t.Fatalf("machine %s no longer listed after deleting its space: %s", m1, resp.body)
+	}
+}
+
 func TestStaticFrontend(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(dir, "assets"), 0o755); err != nil {

@@ -98,13 +98,7 @@ func (s *Server) handleCreateSpace(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid_space_id", invalidSpaceIDMessage)
 		return
 	}
-	var sp directory.Space
-	var err error
-	if s.cfg.Dedicated != nil {
-		sp, err = s.cfg.Dedicated.CreateSpace(r.Context(), req.ID)
-	} else {
-		sp, err = s.dir.CreateSpace(r.Context(), req.ID, s.cfg.App)
-	}
+	sp, err := s.cfg.Placement.CreateSpace(r.Context(), req.ID)
 	if errors.Is(err, dedicated.ErrMachineUnavailable) {
 		s.log.Warn("router: no machine for a new space", "space", req.ID, "err", err)
 		s.unavailable(w, "machine_unavailable", "no backend machine could be created for the space ("+
@@ -203,16 +197,10 @@ func machineFailure(err error) string {
 
 // handleDeleteSpace is an admin operation (Config.AdminAuth): it removes the
 // space from the directory and, under dedicated placement, retires the
-// machine made for it. The space's data stays in Postgres.
+// machine made for it (Config.Placement). The space's data stays in Postgres.
 func (s *Server) handleDeleteSpace(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "id")
-	var res dedicated.DeleteResult
-	var err error
-	if s.cfg.Dedicated != nil {
-		res, err = s.cfg.Dedicated.DeleteSpace(r.Context(), id)
-	} else {
-		res.Space, err = s.dir.DeleteSpace(r.Context(), id)
-	}
+	res, err := s.cfg.Placement.DeleteSpace(r.Context(), id)
 	if res.Space.ID == "" {
 		s.directoryError(w, r, "delete space", err)
 		return

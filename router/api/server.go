@@ -20,7 +20,6 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/auth"
 	"github.com/spaceport-sync/spaceport/backend/directory"
 	"github.com/spaceport-sync/spaceport/fly/replay"
-	"github.com/spaceport-sync/spaceport/router/dedicated"
 	"github.com/spaceport-sync/spaceport/router/routecache"
 )
 
@@ -68,12 +67,12 @@ type Config struct {
 	// who asks: for local development only (cmd/router refuses it outside
 	// flylocal). Needs Auth.
 	DevTokens bool
-	// Dedicated, when set, is the placement policy "dedicated": each new space
-	// gets a backend machine of its own, created through the Machines API
-	// (POST /api/spaces waits until it has started), and deleting a space
-	// retires its machine. Nil means "shared": new spaces go to the live
-	// machine with the fewest spaces.
-	Dedicated *dedicated.Placer
+	// Placement decides where new spaces live (POST /api/spaces) and what
+	// deleting one retires; its App must be App. A *dedicated.Placer gives
+	// each space a backend machine of its own, created through the Machines
+	// API, and retires it with the space. Nil means shared placement: a new
+	// space goes to the live machine of App with the fewest spaces.
+	Placement Placement
 	// ReplaySecret is put in the fly-replay `state`; backends configured
 	// with the same secret admit only requests that carry it, so nobody
 	// reaches a machine around the router. Empty sends no state.
@@ -113,9 +112,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.Dedicated != nil && cfg.Dedicated.App() != cfg.App {
-		return nil, fmt.Errorf("api: the dedicated placer creates machines in app %s, not in the backend app %s",
-			cfg.Dedicated.App(), cfg.App)
+	if cfg.Placement == nil {
+		cfg.Placement = sharedPlacement{dir: cfg.Directory, app: cfg.App}
+	}
+	if cfg.Placement.App() != cfg.App {
+		return nil, fmt.Errorf("api: placement in app %s, not in the backend app %s", cfg.Placement.App(), cfg.App)
 	}
 	if cfg.DevTokens && cfg.Auth == nil {
 		return nil, errors.New("api: DevTokens needs Auth")

@@ -251,18 +251,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if cfg.adminToken != "" {
 		apiCfg.AdminAuth = bearer(cfg.adminToken)
 	}
+	var placer *dedicated.Placer
 	if cfg.placement == PlacementDedicated {
 		mcfg := cfg.machinesAPI
 		mcfg.Logger = log
-		api, err := machines.New(mcfg)
+		mc, err := machines.New(mcfg)
 		if err != nil {
 			return err
 		}
-		apiCfg.Dedicated, err = dedicated.New(dedicated.Config{Directory: dir, Machines: api, App: cfg.backendApp,
+		placer, err = dedicated.New(dedicated.Config{Directory: dir, Machines: mc, App: cfg.backendApp,
 			Image: cfg.image, Region: cfg.region, Logger: log})
 		if err != nil {
 			return err
 		}
+		apiCfg.Placement = placer
 	}
 	if cfg.auth == nil {
 		log.Warn("router: AUTH_DISABLED: connections are not authenticated")
@@ -291,8 +293,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	invCtx, stopInvalidation := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { srv.RunInvalidation(invCtx) })
-	if p := apiCfg.Dedicated; p != nil && cfg.reconcileEvery > 0 {
-		wg.Go(func() { p.RunReconciler(invCtx, cfg.reconcileEvery) })
+	if placer != nil && cfg.reconcileEvery > 0 {
+		wg.Go(func() { placer.RunReconciler(invCtx, cfg.reconcileEvery) })
 	}
 	defer func() { stopInvalidation(); wg.Wait() }()
 
