@@ -66,7 +66,11 @@ type HostileResult struct {
 
 // hostiles runs cfg.Hostile attackers per space until ctx is done.
 type hostiles struct {
-	r        *run
+	r *run
+	// huge is the frame of AttackHuge, made once: every attacker sends it
+	// over and over, and only the server need spend anything on it.
+	huge []byte
+
 	mu       sync.Mutex
 	rounds   int
 	outcomes map[string]int
@@ -82,6 +86,7 @@ func (h *hostiles) record(attack, outcome string) {
 // start launches the attackers; wait blocks until they all stopped after ctx
 // is done.
 func (h *hostiles) start(ctx context.Context) (wait func()) {
+	h.huge = bytes.Repeat([]byte("x"), HugeFrameBytes)
 	var wg sync.WaitGroup
 	for _, sp := range h.r.spaces {
 		for k := range h.r.cfg.Hostile {
@@ -137,7 +142,7 @@ func (h *hostiles) attack(ctx context.Context, sp *spaceRun, attack, id string) 
 	case AttackGarbage:
 		_ = c.SendRaw(ctx, []byte("GET / HTTP/1.1 this is not a frame"))
 	case AttackHuge:
-		_ = c.SendRaw(ctx, bytes.Repeat([]byte("x"), HugeFrameBytes))
+		_ = c.SendRaw(ctx, h.huge)
 	case AttackFlood:
 		for i := range FloodPushes {
 			m := c.Mutation("increment", map[string]any{"key": "hostile/" + id, "delta": 1})
