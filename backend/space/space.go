@@ -151,15 +151,12 @@ func (s *Space) Pull(p *protocol.Pull, caller mutator.Caller) (frame []byte, nex
 	if s.fromTheFuture(req.Cookie) {
 		return protocol.EncodePulledError(p.ID, protocol.ClientStateNotFound), req.Cookie, false
 	}
-	if g := s.groups[req.ClientGroupID]; g != nil {
-		if g.forgotten {
-			return protocol.EncodePulledError(p.ID, protocol.ClientStateNotFound), req.Cookie, false
-		}
-		if g.userID != caller.UserID {
-			return protocol.EncodeError(p.ID, protocol.ErrCodeForbidden, "client group belongs to another user", false), req.Cookie, false
-		}
-	} else if s.claimedByOther(req.ClientGroupID, caller.UserID) {
-		return protocol.EncodeError(p.ID, protocol.ErrCodeForbidden, "client group belongs to another user", false), req.Cookie, false
+	g := s.groups[req.ClientGroupID]
+	if g != nil && g.forgotten {
+		return protocol.EncodePulledError(p.ID, protocol.ClientStateNotFound), req.Cookie, false
+	}
+	if s.othersGroup(g, req.ClientGroupID, caller.UserID) {
+		return encodeGroupForbidden(p.ID), req.Cookie, false
 	}
 	patch := s.patch(req.Cookie)
 	lmids := s.lmidChanges(req.ClientGroupID, req.Cookie)
@@ -215,13 +212,22 @@ func (s *Space) ClaimGroup(groupID, userID string) (release func(), err error) {
 	}, nil
 }
 
-// claimedByOther reports whether a connection of another user claimed the
-// client group.
-func (s *Space) claimedByOther(groupID, userID string) bool {
+// othersGroup reports whether client group groupID (g, nil if it has no rows
+// yet) belongs to a user other than userID: by its rows, or by the claim of
+// another user's connection.
+func (s *Space) othersGroup(g *group, groupID, userID string) bool {
+	if g != nil {
+		return g.userID != userID
+	}
 	s.claimsMu.Lock()
 	defer s.claimsMu.Unlock()
 	c := s.claims[groupID]
 	return c != nil && c.userID != userID
+}
+
+// encodeGroupForbidden answers request id for another user's client group.
+func encodeGroupForbidden(id string) []byte {
+	return protocol.EncodeError(id, protocol.ErrCodeForbidden, "client group belongs to another user", false)
 }
 
 // Version is the space's current version (its cookie).

@@ -232,8 +232,8 @@ func (b *batch) applyPush(log *slog.Logger, job *PushJob) (reply []byte, changed
 	if g != nil && g.forgotten {
 		return protocol.EncodePushed(p.ID, protocol.ClientStateNotFound), false
 	}
-	if (g != nil && g.userID != job.Caller.UserID) || (g == nil && b.s.claimedByOther(req.ClientGroupID, job.Caller.UserID)) {
-		return protocol.EncodeError(p.ID, protocol.ErrCodeForbidden, "client group belongs to another user", false), false
+	if b.s.othersGroup(g, req.ClientGroupID, job.Caller.UserID) {
+		return encodeGroupForbidden(p.ID), false
 	}
 	ran := 0
 	for _, m := range req.Mutations {
