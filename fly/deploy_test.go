@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/spaceport-sync/spaceport/backend/directory"
 )
 
 // flyToml is the part of Fly's fly.toml (https://fly.io/docs/reference/configuration/) that Spaceport's apps
@@ -136,9 +138,8 @@ func TestFlyToml(t *testing.T) {
 	if router.Env["BACKEND_APP"] != backend.App {
 		t.Errorf("router BACKEND_APP %q, but the backend app is %q: replays would go nowhere", router.Env["BACKEND_APP"], backend.App)
 	}
-	defaultApp := regexp.MustCompile(`DefaultApp\s*=\s*"([^"]+)"`).FindStringSubmatch(source(t, "router/api/server.go"))
-	if defaultApp == nil || defaultApp[1] != backend.App {
-		t.Errorf("the router's default BACKEND_APP %v differs from the backend app %q", defaultApp, backend.App)
+	if directory.DefaultBackendApp != backend.App {
+		t.Errorf("the default BACKEND_APP %q differs from the backend app %q", directory.DefaultBackendApp, backend.App)
 	}
 	if router.App == backend.App || router.PrimaryRegion == "" || router.PrimaryRegion != backend.PrimaryRegion {
 		t.Errorf("apps %q (region %q) and %q (region %q): two apps, in the same primary region", router.App,

@@ -25,6 +25,11 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/migrate"
 )
 
+// DefaultBackendApp is the backend app where none is configured (the
+// router's and spacectl's BACKEND_APP): the app of fly/backend/fly.toml,
+// whose name the router puts in fly-replay.
+const DefaultBackendApp = "spaceport-backend"
+
 // Defaults for Config fields left at their zero value.
 const (
 	// DefaultLiveWindow: a started machine whose last heartbeat is older than

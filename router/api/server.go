@@ -26,7 +26,7 @@ import (
 // Defaults for Config fields left at zero.
 const (
 	// DefaultApp is the backend app new spaces are placed in.
-	DefaultApp = "spaceport-backend"
+	DefaultApp = directory.DefaultBackendApp
 	// DefaultRetryAfter is the Retry-After sent with 503 answers.
 	DefaultRetryAfter = 2 * time.Second
 	// DefaultMaxBodyBytes bounds API request bodies.

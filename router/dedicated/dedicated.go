@@ -26,7 +26,7 @@ const MetadataSpace = "spaceport_space"
 // Defaults for Config fields left at their zero value.
 const (
 	// DefaultApp is the backend app machines are created in; the router's default BACKEND_APP.
-	DefaultApp = "spaceport-backend"
+	DefaultApp = directory.DefaultBackendApp
 	// DefaultCreateTimeout bounds creating a space: the create call, the wait until the machine has started and
 	// the directory insert. It stays below the router's 30s write timeout, so the caller always gets an answer.
 	DefaultCreateTimeout = 25 * time.Second

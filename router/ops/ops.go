@@ -24,7 +24,7 @@ import (
 // Defaults for Config fields left at their zero value.
 const (
 	// DefaultApp is the backend app whose machines and spaces ops works on; the router's default BACKEND_APP.
-	DefaultApp = "spaceport-backend"
+	DefaultApp = directory.DefaultBackendApp
 	// DefaultGrace is how long a drain waits, after moving a machine's spaces, before stopping it: time for the
 	// clients of the moved spaces to reconnect elsewhere while the old machine still answers stragglers with
 	// 4004. A client still connected when the stop comes is closed with 1001 and reconnects the same way.
