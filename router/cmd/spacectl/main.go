@@ -78,7 +78,7 @@ type env struct {
 	api    *machines.Client
 	app    string
 	log    *slog.Logger
-	getenv func(string) string
+	image  string // BACKEND_IMAGE
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -136,7 +136,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	e := &env{ops: o, stdout: stdout, dir: dir, api: mc, app: *app, log: log, getenv: getenv}
+	e := &env{ops: o, stdout: stdout, dir: dir, api: mc, app: *app, log: log, image: getenv("BACKEND_IMAGE")}
 
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	switch cmd {
@@ -320,7 +320,7 @@ func (e *env) reconcile(ctx context.Context, args []string, stderr io.Writer) er
 	dryRun := fs.Bool("dry-run", false, "print what is wrong without fixing it")
 	orphanAge := fs.Duration("orphan-age", dedicated.DefaultOrphanAge,
 		"leave alone machines younger than this (a space may still be being created on them)")
-	image := fs.String("image", e.getenv("BACKEND_IMAGE"), "`image` of new backend machines (default $BACKEND_IMAGE)")
+	image := fs.String("image", e.image, "`image` of new backend machines (default $BACKEND_IMAGE)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
