@@ -74,11 +74,11 @@ type env struct {
 	ops    *ops.Ops
 	stdout io.Writer
 	// For reconcile, which works with the router's dedicated placer.
-	dir    *directory.Directory
-	api    *machines.Client
-	app    string
-	log    *slog.Logger
-	image  string // BACKEND_IMAGE
+	dir   *directory.Directory
+	api   *machines.Client
+	app   string
+	log   *slog.Logger
+	image string // BACKEND_IMAGE
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
