@@ -32,6 +32,9 @@ const (
 	DefaultMaxPeers          = 10_000
 	DefaultMaxSpaces         = 10_000
 	DefaultMaxPushMutations  = 10_000
+	// DefaultRecheckInterval is how often RunRecheck asks the directory
+	// whether each loaded space is still this machine's.
+	DefaultRecheckInterval = 30 * time.Second
 )
 
 // Config tunes the engine. The zero value of every field means its default.

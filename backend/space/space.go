@@ -474,6 +474,29 @@ func (m *Manager) RecheckAll(ctx context.Context) {
 	}
 }
 
+// RunRecheck rechecks every loaded space each interval (0 means
+// DefaultRecheckInterval) until ctx is done; run it in a goroutine whose owner
+// cancels ctx. The directory's NOTIFY tells a machine of a move at once, and
+// a client the router sends here after a move tells it too; this bounds the
+// rest: a move whose announcement was lost, with every client of the space
+// still connected here, would otherwise leave them reading a state the new
+// owner has moved past for as long as they stay.
+func (m *Manager) RunRecheck(ctx context.Context, interval time.Duration) {
+	if interval <= 0 {
+		interval = DefaultRecheckInterval
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		m.RecheckAll(ctx)
+	}
+}
+
 // Loaded reports how many spaces are in memory.
 func (m *Manager) Loaded() int {
 	m.mu.Lock()

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -61,13 +62,27 @@ type edge struct {
 }
 
 func newEdge(t *testing.T, base string) *edge {
+	t.Helper()
 	transport := &http.Transport{}
 	t.Cleanup(transport.CloseIdleConnections)
-	return &edge{base: base, client: &http.Client{
+	e := &edge{base: base, client: &http.Client{
 		Transport:     transport,
 		Timeout:       waitTimeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}}
+	// Ready means the router follows the directory's changes: a test that moves a space relies on the router
+	// hearing of it (or, in TestFlylocal_StaleRouterCache, on its having heard everything before).
+	stacktest.WaitUntil(t, waitTimeout, "the router's /readyz", func() error {
+		status, b, err := e.call(http.MethodGet, "/readyz", nil)
+		if err != nil {
+			return err
+		}
+		if status != http.StatusOK {
+			return fmt.Errorf("GET /readyz: status %d: %s", status, b)
+		}
+		return nil
+	})
+	return e
 }
 
 // call sends a request with an optional JSON body; it returns the status and the body, or an error if there was
@@ -266,4 +281,34 @@ func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*waitTimeout)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// waitMetric waits until the router's counter (a name without labels) on /metrics, read through the edge, is at
+// least want.
+func (e *edge) waitMetric(t *testing.T, name string, want float64) {
+	t.Helper()
+	stacktest.WaitUntil(t, waitTimeout, fmt.Sprintf("router metric %s >= %v", name, want), func() error {
+		status, b, err := e.call(http.MethodGet, "/metrics", nil)
+		if err != nil {
+			return err
+		}
+		if status != http.StatusOK {
+			return fmt.Errorf("GET /metrics: status %d", status)
+		}
+		for line := range strings.Lines(string(b)) {
+			value, ok := strings.CutPrefix(strings.TrimSpace(line), name+" ")
+			if !ok {
+				continue
+			}
+			got, err := strconv.ParseFloat(value, 64)
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			if got < want {
+				return fmt.Errorf("%s = %v", name, got)
+			}
+			return nil
+		}
+		return fmt.Errorf("/metrics has no %s", name)
+	})
 }

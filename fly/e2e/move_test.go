@@ -193,6 +193,8 @@ func (p *peer) waitConfirmed(ctx context.Context, m protocol.Mutation) {
 // waitMoved waits for the connection to be closed with 4004 and keeps what a client keeps for the next one.
 func (p *peer) waitMoved(ctx context.Context) {
 	p.t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, waitTimeout)
+	defer cancel()
 	select {
 	case <-p.c.Done():
 	case <-ctx.Done():

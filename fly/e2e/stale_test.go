@@ -34,6 +34,9 @@ func TestFlylocal_StaleRouterCache(t *testing.T) {
 	const spaceID = "e2e-stale"
 	owner := e.createSpace(t, spaceID).Machine
 	other := theOther(pair, owner)
+	// The creation's NOTIFY evicts the space from the router's cache; it must have been heard before client 1
+	// fills the entry that the silent move below leaves stale.
+	e.waitMetric(t, "spaceport_router_directory_changes_total", 1)
 
 	p1 := newPeer(t, "client 1", e.wsURL(spaceID, e.token(t)))
 	if w := p1.connect(ctx); w.MachineID != owner {
@@ -72,6 +75,62 @@ func TestFlylocal_StaleRouterCache(t *testing.T) {
 	p1.waitConfirmed(ctx, l1)
 	p2.waitConfirmed(ctx, l2)
 	waitConverged(t, 3, p1, p2)
+
+	var epoch int64
+	var holder string
+	if err := db.QueryRow(ctx, `SELECT epoch, owner FROM replica_spaces WHERE id = $1`, spaceID).Scan(&epoch, &holder); err != nil {
+		t.Fatal(err)
+	}
+	if epoch != 2 || holder != other {
+		t.Fatalf("space claimed %d times, last by %s; want 2 claims (the first owner, then %s once)", epoch, holder, other)
+	}
+}
+
+// lostMoveRecheck is the backends' RECHECK_INTERVAL in TestFlylocal_LostMoveWithClientsStaying.
+const lostMoveRecheck = 500 * time.Millisecond
+
+// TestFlylocal_LostMoveWithClientsStaying moves a space without announcing it while its only client stays
+// connected to the old machine, so no refused join tells the old machine either. Its periodic recheck of the
+// directory (RECHECK_INTERVAL) does: it lets go of the space, the client reconnects to the new owner and goes on
+// from its replica, and nothing is lost or doubled.
+func TestFlylocal_LostMoveWithClientsStaying(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the router and backend binaries")
+	}
+	t.Parallel()
+	var dbURL string
+	e, pair := openPair(t, func(env map[string]string) {
+		env["CACHE_TTL"] = staleCacheTTL.String()
+		env["RECHECK_INTERVAL"] = lostMoveRecheck.String()
+		dbURL = env["DATABASE_URL"]
+	})
+	ctx := testContext(t)
+
+	const spaceID = "e2e-lost-move"
+	owner := e.createSpace(t, spaceID).Machine
+	other := theOther(pair, owner)
+	p1 := newPeer(t, "client 1", e.wsURL(spaceID, e.token(t)))
+	if w := p1.connect(ctx); w.MachineID != owner {
+		t.Fatalf("client 1 landed on %s; the space is on %s", w.MachineID, owner)
+	}
+	p1.waitConfirmed(ctx, p1.mutate(ctx, "increment", map[string]any{"key": "counter", "delta": 1}))
+
+	db, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close(context.Background()) })
+	moved := time.Now()
+	moveSilently(ctx, t, db, spaceID, owner, other)
+
+	p1.waitMoved(ctx)
+	t.Logf("the old owner let go %s after the silent move (RECHECK_INTERVAL %s)",
+		time.Since(moved).Round(time.Millisecond), lostMoveRecheck)
+	if w := p1.connect(ctx); w.MachineID != other {
+		t.Fatalf("client 1 reconnected to %s; the space is on %s", w.MachineID, other)
+	}
+	p1.waitConfirmed(ctx, p1.mutate(ctx, "increment", map[string]any{"key": "counter", "delta": 1}))
+	waitConverged(t, 2, p1)
 
 	var epoch int64
 	var holder string

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -90,6 +91,10 @@ type Server struct {
 	log     *slog.Logger
 	handler http.Handler
 	metrics *metrics
+	// following is set once RunInvalidation's LISTEN is established. Until
+	// then the router is not ready: a placement it cached could go stale
+	// without the router hearing of it, for up to the cache TTL.
+	following atomic.Bool
 }
 
 // New builds a Server.
@@ -142,6 +147,7 @@ func (s *Server) RunInvalidation(ctx context.Context) {
 		s.metrics.changesHeard.Inc()
 	}, func() {
 		s.cache.Purge()
+		s.following.Store(true)
 		s.metrics.listenResets.Inc()
 		s.log.Info("router: following directory changes; cache purged")
 	})
@@ -216,7 +222,14 @@ func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
+// handleReady answers 200 when the router can route correctly: Postgres
+// answers, and the router follows the directory's change notifications (so a
+// move evicts its cached placement at once, not at the end of the TTL).
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	if !s.following.Load() {
+		s.unavailable(w, "directory_unavailable", "not yet following the space directory's changes")
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), DefaultReadyTimeout)
 	defer cancel()
 	if err := s.dir.Ping(ctx); err != nil {

@@ -64,6 +64,10 @@ func run(ctx context.Context, getenv func(string) string) error {
 	if err != nil {
 		return err
 	}
+	recheck, err := durationEnv(getenv, "RECHECK_INTERVAL")
+	if err != nil {
+		return err
+	}
 	maxFrame, err := intEnv(getenv, "MAX_FRAME_BYTES")
 	if err != nil {
 		return err
@@ -158,6 +162,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 				func(spaceID string) { spaces.Recheck(bgCtx, spaceID) },
 				func() { spaces.RecheckAll(bgCtx) })
 		})
+		bg.Go(func() { spaces.RunRecheck(bgCtx, recheck) })
 	}
 
 	select {
