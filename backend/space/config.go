@@ -32,6 +32,7 @@ const (
 	DefaultMaxPeers          = 10_000
 	DefaultMaxSpaces         = 10_000
 	DefaultMaxPushMutations  = 10_000
+	DefaultPokeRate          = 20_000
 	// DefaultRecheckInterval is how often RunRecheck asks the directory
 	// whether each loaded space is still this machine's.
 	DefaultRecheckInterval = 30 * time.Second
@@ -87,6 +88,17 @@ type Config struct {
 	// client's next push (as after a gap). Zero value means
 	// DefaultMaxPushMutations (10,000).
 	MaxPushMutations int
+	// PokeRate bounds the pokes one space sends per second over all its
+	// connections: each connection is poked at most once every (the
+	// space's connections ÷ PokeRate), e.g. every 5 ms with 100 clients.
+	// A poke carries everything since the connection's previous one, so
+	// pacing loses nothing: a quiet space's poke still goes out at once,
+	// and under load one poke carries the commits of the interval. Without
+	// it a space of many clients sends a poke per commit per client, one
+	// write syscall each, and past what the CPU can write the pokes queue
+	// up and latency grows without bound. Zero value means DefaultPokeRate
+	// (20,000); negative means no pacing.
+	PokeRate int
 	// SchemaVersions lists the Replicache schemaVersions the mutators serve.
 	// Empty means any schema version is served.
 	SchemaVersions []string
@@ -136,6 +148,9 @@ func (c Config) withDefaults() Config {
 	defInt(&c.MaxPeers, DefaultMaxPeers)
 	defInt(&c.MaxSpaces, DefaultMaxSpaces)
 	defInt(&c.MaxPushMutations, DefaultMaxPushMutations)
+	if c.PokeRate == 0 {
+		c.PokeRate = DefaultPokeRate
+	}
 	if c.Owner == "" {
 		c.Owner = "unknown"
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spaceport-sync/spaceport/backend/mutator"
@@ -77,6 +78,7 @@ type Space struct {
 
 	peersMu   sync.Mutex
 	peers     map[Peer]struct{}
+	peerCount atomic.Int64       // len(peers), for PokeInterval without the lock
 	closeCode protocol.CloseCode // set once the space is closing its peers
 
 	// claims binds client groups that have no rows yet to the user whose
@@ -230,6 +232,17 @@ func encodeGroupForbidden(id string) []byte {
 	return protocol.EncodeError(id, protocol.ErrCodeForbidden, "client group belongs to another user", false)
 }
 
+// PokeInterval is the least time between two pokes to one connection of
+// the space (Config.PokeRate): a connection poked less than this long ago
+// waits until the interval has passed, then gets everything since in one
+// poke. Zero means no wait.
+func (s *Space) PokeInterval() time.Duration {
+	if s.cfg.PokeRate <= 0 {
+		return 0
+	}
+	return time.Duration(s.peerCount.Load()) * time.Second / time.Duration(s.cfg.PokeRate)
+}
+
 // Version is the space's current version (its cookie).
 func (s *Space) Version() int64 {
 	s.mu.RLock()
@@ -246,6 +259,7 @@ func (s *Space) addPeer(p Peer) error {
 			return fmt.Errorf("space %s has %d connections: %w", s.id, s.cfg.MaxPeers, ErrFull)
 		}
 		s.peers[p] = struct{}{}
+		s.peerCount.Store(int64(len(s.peers)))
 		return nil
 	case protocol.CloseMoved:
 		return ErrMoved
@@ -257,6 +271,7 @@ func (s *Space) addPeer(p Peer) error {
 func (s *Space) removePeer(p Peer) {
 	s.peersMu.Lock()
 	delete(s.peers, p)
+	s.peerCount.Store(int64(len(s.peers)))
 	s.peersMu.Unlock()
 }
 

@@ -55,6 +55,11 @@ type conn struct {
 	sess       *session
 	sentCookie protocol.Cookie
 	forcePoke  bool
+	// nextPoke is the earliest time of the next poke (the space's
+	// PokeInterval after the last); pokeTimer wakes the writer then, made
+	// on first use so an idle connection carries no timer.
+	nextPoke  time.Time
+	pokeTimer *time.Timer
 
 	// Reader state, owned by the reader (the handler goroutine).
 	joined *space.Space
@@ -170,8 +175,12 @@ func (c *conn) close(code protocol.CloseCode, reason string, now bool) {
 
 // Notify implements space.Peer: a new version is there to poke.
 func (c *conn) Notify() {
-	c.pokeWanted.Store(true)
-	c.signal()
+	// A poke already wanted is the writer's to send (now, or when its poke
+	// interval ends): waking it again for each commit of a busy space would
+	// only cost a context switch per connection per commit.
+	if !c.pokeWanted.Swap(true) {
+		c.signal()
+	}
 }
 
 func (c *conn) signal() {
@@ -341,6 +350,11 @@ func (c *conn) push(p *protocol.Push) error {
 
 func (c *conn) writeLoop() {
 	defer close(c.writerDone)
+	defer func() {
+		if c.pokeTimer != nil {
+			c.pokeTimer.Stop()
+		}
+	}()
 	ping := time.NewTicker(c.srv.cfg.PingInterval)
 	defer ping.Stop()
 	c.lastRead.Store(time.Now().UnixNano())
@@ -362,7 +376,8 @@ func (c *conn) writeLoop() {
 				}
 			}
 			poked := false
-			if c.sess != nil && !c.sess.refused && (c.forcePoke || c.pokeWanted.Swap(false)) {
+			if c.sess != nil && !c.sess.refused && (c.forcePoke || c.pokeWanted.Load()) && !c.pokeHeld() {
+				c.pokeWanted.Store(false)
 				frame, next, ok, refused := c.sess.space.Poke(c.sentCookie, c.sess.groupID, c.sess.schema, c.forcePoke)
 				c.forcePoke = false
 				c.sess.refused = refused
@@ -372,6 +387,9 @@ func (c *conn) writeLoop() {
 						return
 					}
 					c.sentCookie = next
+					if iv := c.sess.space.PokeInterval(); iv > 0 {
+						c.nextPoke = time.Now().Add(iv)
+					}
 					metricPokes.Inc()
 					metricPokeBytes.Observe(float64(len(frame)))
 					poked = true
@@ -382,6 +400,25 @@ func (c *conn) writeLoop() {
 			}
 		}
 	}
+}
+
+// pokeHeld reports whether a wanted poke must wait for the space's poke
+// interval, and if so makes sure the writer wakes when it has passed. The
+// first poke of a session is never held.
+func (c *conn) pokeHeld() bool {
+	if c.forcePoke || c.nextPoke.IsZero() {
+		return false
+	}
+	wait := time.Until(c.nextPoke)
+	if wait <= 0 {
+		return false
+	}
+	if c.pokeTimer == nil {
+		c.pokeTimer = time.AfterFunc(wait, c.signal)
+	} else {
+		c.pokeTimer.Reset(wait)
+	}
+	return true
 }
 
 func (c *conn) handle(it outItem) error {

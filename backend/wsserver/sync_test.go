@@ -13,6 +13,7 @@ import (
 
 	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 	"github.com/spaceport-sync/spaceport/backend/protocol"
+	"github.com/spaceport-sync/spaceport/backend/space"
 	"github.com/spaceport-sync/spaceport/backend/syncclient"
 )
 
@@ -166,4 +167,31 @@ func runIncrementer(b *backend, n, each int) error {
 		}
 	}
 	return nil
+}
+
+// TestSync_PokesArePacedAndLoseNothing commits increments one by one in a
+// space whose poke interval (space.Config.PokeRate) is far longer than the
+// pushes take: the other client gets them in at most two pokes (one at once
+// if its interval had passed, the rest together when it ends), not one per
+// commit, and ends with every increment.
+func TestSync_PokesArePacedAndLoseNothing(t *testing.T) {
+	const increments = 5
+	// Two connections at one poke per second: each is poked at most every 2s.
+	b := startBackend(t, pgtest.NewDatabase(t), "m1", backendOpts{space: space.Config{PokeRate: 1}})
+	a := b.dial(t, "paced", syncclient.Options{})
+	c := b.dial(t, "paced", syncclient.Options{})
+	ctx := testCtx(t)
+	for range increments {
+		if _, err := a.Mutate(ctx, "increment", map[string]any{"key": "n", "delta": 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.WaitFor(ctx, func(s *syncclient.State) bool { return string(s.Data["n"]) == "5" }); err != nil {
+		t.Fatalf("the other client never saw all %d increments: %v (it has %s)", increments, err, c.State().Data["n"])
+	}
+	// The first poke of c's session is its welcome state.
+	if n := len(c.Pokes()) - 1; n < 1 || n > 2 {
+		t.Fatalf("%d commits reached the other client in %d pokes, want 1 or 2", increments, n)
+	}
+	noErrors(t, a, c)
 }

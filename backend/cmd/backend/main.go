@@ -68,6 +68,10 @@ func run(ctx context.Context, getenv func(string) string) error {
 	if err != nil {
 		return err
 	}
+	pokeRate, err := intEnv(getenv, "POKE_RATE")
+	if err != nil {
+		return err
+	}
 	maxFrame, err := intEnv(getenv, "MAX_FRAME_BYTES")
 	if err != nil {
 		return err
@@ -113,6 +117,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 	spaceCfg := space.Config{
 		Owner:          machineID,
 		GracePeriod:    grace,
+		PokeRate:       pokeRate,
 		SchemaVersions: schemas,
 		Logger:         log,
 	}
