@@ -5,7 +5,10 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/spaceport-sync/spaceport/backend/directory"
+	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 )
 
 // A dedicated machine holds its one space and is never chosen by shared
@@ -56,4 +59,43 @@ func TestCreateDedicatedSpace(t *testing.T) {
 	if err := d.DeleteMachine(ctx, "ded-1"); !errors.Is(err, directory.ErrMachineNotFound) {
 		t.Fatalf("second DeleteMachine: %v", err)
 	}
+}
+
+// One process at a time holds an app's reconcile lock; another one is told
+// at once, without waiting, and gets it once the first lets go.
+func TestLockReconcile(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	open := func() *directory.Directory {
+		pool, err := pgxpool.New(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		d, err := directory.Open(ctx, pool, directory.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	a, b := open(), open()
+
+	unlock, err := a.LockReconcile(ctx, app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.LockReconcile(ctx, app); !errors.Is(err, directory.ErrLockHeld) {
+		t.Fatalf("second process: %v, want ErrLockHeld", err)
+	}
+	other, err := b.LockReconcile(ctx, "another-app")
+	if err != nil {
+		t.Fatalf("another app's lock: %v", err)
+	}
+	other()
+	unlock()
+	unlockB, err := b.LockReconcile(ctx, app)
+	if err != nil {
+		t.Fatalf("after unlock: %v", err)
+	}
+	unlockB()
 }

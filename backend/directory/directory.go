@@ -73,6 +73,7 @@ var (
 	ErrInvalidSpaceID      = errors.New("invalid space id (1 to 64 characters of [A-Za-z0-9_-])")
 	ErrInvalidMachine      = errors.New("invalid machine (id and app: 1 to 64 characters of [A-Za-z0-9_.-]; region at most 64 bytes)")
 	ErrInvalidMachineState = errors.New("invalid machine state")
+	ErrLockHeld            = errors.New("lock held by another process")
 )
 
 // Config tunes a Directory. The zero value is ready to use.

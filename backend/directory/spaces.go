@@ -95,6 +95,48 @@ func placementLockKey(app string) int64 {
 	return int64(h.Sum64())
 }
 
+// LockReconcile takes the app's reconcile lock, a session advisory lock on a
+// connection of its own, so that one process at a time repairs the app's
+// placements: two reconcilers that both saw a space's machine gone would
+// each give it a new one. It does not wait: if another process holds the
+// lock the error wraps ErrLockHeld. unlock releases it; if the process dies
+// Postgres releases it with the connection.
+func (d *Directory) LockReconcile(ctx context.Context, app string) (unlock func(), err error) {
+	conn, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reconcile lock of app %s: %w", app, err)
+	}
+	key := reconcileLockKey(app)
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&ok); err != nil {
+		conn.Release()
+		return nil, fmt.Errorf("reconcile lock of app %s: %w", app, err)
+	}
+	if !ok {
+		conn.Release()
+		return nil, fmt.Errorf("reconcile lock of app %s: %w", app, ErrLockHeld)
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), unlockTimeout)
+		defer cancel()
+		if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, key); err != nil {
+			// The lock must not outlive us on a pooled connection.
+			_ = conn.Conn().Close(ctx)
+		}
+		conn.Release()
+	}, nil
+}
+
+// unlockTimeout bounds releasing an advisory lock.
+const unlockTimeout = 5 * time.Second
+
+// reconcileLockKey is the advisory lock of LockReconcile.
+func reconcileLockKey(app string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("spaceport-directory-reconcile:" + app))
+	return int64(h.Sum64())
+}
+
 // Lookup returns the placement of space id: one primary-key read, the
 // router's replay decision (behind its cache) and the backend's check that a
 // space is assigned to it before serving it. Errors: ErrInvalidSpaceID,

@@ -45,11 +45,19 @@ func (r Report) Empty() bool {
 //     moved to it (the clients follow as after any move);
 //   - a dedicated machine without spaces that no longer exists is removed from the directory.
 //
-// With dryRun it only reports. Several routers may reconcile at once: a space rehomed twice leaves one extra
-// machine, an orphan that the next pass destroys. A failure to fix one item does not stop the others; the
-// errors are joined.
+// With dryRun it only reports. A pass that changes things holds the app's reconcile lock in Postgres
+// (directory.LockReconcile), so that routers reconciling at once do not both give a new machine to one space:
+// if another process holds it, Reconcile does nothing and returns an error wrapping directory.ErrLockHeld. A
+// failure to fix one item does not stop the others; the errors are joined.
 func (p *Placer) Reconcile(ctx context.Context, dryRun bool) (Report, error) {
 	var rep Report
+	if !dryRun {
+		unlock, err := p.dir.LockReconcile(ctx, p.cfg.App)
+		if err != nil {
+			return rep, fmt.Errorf("reconcile: %w", err)
+		}
+		defer unlock()
+	}
 	// Both views are read before anything is changed, and a pass with an incomplete view does nothing.
 	list, err := p.api.List(ctx, p.cfg.App, machines.ListOptions{})
 	if err != nil {
@@ -183,6 +191,8 @@ func (p *Placer) RunReconciler(ctx context.Context, interval time.Duration) {
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return
+		case errors.Is(err, directory.ErrLockHeld):
+			p.log.Debug("dedicated: another process is reconciling; pass skipped")
 		case err != nil:
 			p.log.Warn("dedicated: reconcile pass failed", "err", err, "orphans", rep.Orphans, "rehomed", len(rep.Rehomed))
 		case !rep.Empty():

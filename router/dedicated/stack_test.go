@@ -173,6 +173,16 @@ func TestStack(t *testing.T) {
 	if err := s.api.Delete(ctx, backendApp, lost.Machine, true); err != nil {
 		t.Fatal(err)
 	}
+	// While another process reconciles (it holds the app's lock), a pass does nothing: two passes at once would
+	// each give the lost space a machine.
+	unlock, err := s.dir.LockReconcile(ctx, backendApp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := s.p.Reconcile(ctx, false); !errors.Is(err, directory.ErrLockHeld) || !rep.Empty() {
+		t.Fatalf("Reconcile while another holds the lock: %+v, %v; want nothing done, ErrLockHeld", rep, err)
+	}
+	unlock()
 	rep, err := s.p.Reconcile(ctx, false)
 	if err != nil {
 		t.Fatalf("Reconcile: %v (%+v)", err, rep)
