@@ -103,12 +103,15 @@ func (d *Directory) DeleteMachine(ctx context.Context, id string) error {
 	return nil
 }
 
-// MoveSpaceToDedicated assigns space id to machine m, a machine created for
-// it, recording m as a started, dedicated machine in the same transaction:
-// how a space whose dedicated machine was lost gets a new one. Like
-// MoveSpace, the change is announced with NOTIFY. Errors: ErrInvalidSpaceID,
-// ErrInvalidMachine, ErrSpaceNotFound.
-func (d *Directory) MoveSpaceToDedicated(ctx context.Context, id string, m Machine) (Space, error) {
+// MoveSpaceToDedicated assigns space id, found on machine from, to machine
+// m, a machine created for it, recording m as a started, dedicated machine
+// in the same transaction: how a space whose dedicated machine was lost gets
+// a new one. The move happens only if the space is still on from, so that
+// two repairs of one space (a reconcile pass that outlived its lock) cannot
+// both move it: the second gets ErrPlacementChanged and nothing is recorded.
+// Like MoveSpace, the change is announced with NOTIFY. Errors:
+// ErrInvalidSpaceID, ErrInvalidMachine, ErrSpaceNotFound, ErrPlacementChanged.
+func (d *Directory) MoveSpaceToDedicated(ctx context.Context, id, from string, m Machine) (Space, error) {
 	if !protocol.ValidSpaceID(id) {
 		return Space{}, fmt.Errorf("move space %.64q: %w", id, ErrInvalidSpaceID)
 	}
@@ -121,13 +124,20 @@ func (d *Directory) MoveSpaceToDedicated(ctx context.Context, id string, m Machi
 			return err
 		}
 		err := tx.QueryRow(ctx, `
-			UPDATE directory.spaces SET machine = $2, app = $3 WHERE id = $1
-			RETURNING id, app, machine, created_at`, id, m.ID, m.App).
+			UPDATE directory.spaces SET machine = $2, app = $3 WHERE id = $1 AND machine = $4
+			RETURNING id, app, machine, created_at`, id, m.ID, m.App, from).
 			Scan(&sp.ID, &sp.App, &sp.Machine, &sp.CreatedAt)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return ErrSpaceNotFound
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return err
 		}
-		return err
+		var now string
+		switch err := tx.QueryRow(ctx, `SELECT machine FROM directory.spaces WHERE id = $1`, id).Scan(&now); {
+		case errors.Is(err, pgx.ErrNoRows):
+			return ErrSpaceNotFound
+		case err != nil:
+			return err
+		}
+		return fmt.Errorf("it is on %s, not %s: %w", now, from, ErrPlacementChanged)
 	})
 	if err != nil {
 		return Space{}, fmt.Errorf("move space %s to dedicated machine %s: %w", id, m.ID, err)

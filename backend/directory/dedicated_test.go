@@ -99,3 +99,31 @@ func TestLockReconcile(t *testing.T) {
 	}
 	unlockB()
 }
+
+// A space is given a new dedicated machine only from the machine it was
+// found on: a second repair of the same space changes nothing.
+func TestMoveSpaceToDedicated_OnlyFromTheMachineItWasFoundOn(t *testing.T) {
+	ctx := context.Background()
+	d, _ := newDirectory(t, directory.Config{})
+	if _, err := d.CreateDedicatedSpace(ctx, "solo", directory.Machine{ID: "ded-1", App: app}); err != nil {
+		t.Fatal(err)
+	}
+	sp, err := d.MoveSpaceToDedicated(ctx, "solo", "ded-1", directory.Machine{ID: "ded-2", App: app})
+	if err != nil || sp.Machine != "ded-2" {
+		t.Fatalf("first repair: %+v, %v", sp, err)
+	}
+	// A second repair that also found solo on ded-1.
+	_, err = d.MoveSpaceToDedicated(ctx, "solo", "ded-1", directory.Machine{ID: "ded-3", App: app})
+	if !errors.Is(err, directory.ErrPlacementChanged) {
+		t.Fatalf("second repair: %v, want ErrPlacementChanged", err)
+	}
+	if got, err := d.Lookup(ctx, "solo"); err != nil || got.Machine != "ded-2" {
+		t.Fatalf("solo after the second repair: %+v, %v; want it on ded-2", got, err)
+	}
+	if _, ok := machines(t, d)["ded-3"]; ok {
+		t.Fatal("the refused repair recorded its machine")
+	}
+	if _, err := d.MoveSpaceToDedicated(ctx, "gone", "ded-1", directory.Machine{ID: "ded-4", App: app}); !errors.Is(err, directory.ErrSpaceNotFound) {
+		t.Fatalf("repair of a missing space: %v, want ErrSpaceNotFound", err)
+	}
+}

@@ -74,6 +74,7 @@ var (
 	ErrInvalidMachine      = errors.New("invalid machine (id and app: 1 to 64 characters of [A-Za-z0-9_.-]; region at most 64 bytes)")
 	ErrInvalidMachineState = errors.New("invalid machine state")
 	ErrLockHeld            = errors.New("lock held by another process")
+	ErrPlacementChanged    = errors.New("space placement changed meanwhile")
 )
 
 // Config tunes a Directory. The zero value is ready to use.

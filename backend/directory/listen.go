@@ -24,20 +24,24 @@ const listenPingTimeout = 5 * time.Second
 // LISTEN is established, first and after each reconnect: changes made while
 // not listening were not heard, so the caller must drop everything it cached
 // before that moment. (The first call thus also tells the caller that it is
-// now listening.)
+// now listening.) onLost is called when an established LISTEN ends with the
+// error that ended it: until the next onReset, changes go unheard.
 //
 // A lost connection is replaced with capped, jittered exponential backoff
 // (Config.ListenRetryMin to ListenRetryMax), and a connection that has been
-// silent for Config.ListenPingInterval is checked with a round trip. Both
+// silent for Config.ListenPingInterval is checked with a round trip. The
 // callbacks (nil means none) run on Listen's goroutine, one at a time, and
 // must not block long. Listen blocks; run it in a goroutine whose owner
 // cancels ctx.
-func (d *Directory) Listen(ctx context.Context, onChange func(spaceID string), onReset func()) {
+func (d *Directory) Listen(ctx context.Context, onChange func(spaceID string), onReset func(), onLost func(error)) {
 	if onChange == nil {
 		onChange = func(string) {}
 	}
 	if onReset == nil {
 		onReset = func() {}
+	}
+	if onLost == nil {
+		onLost = func(error) {}
 	}
 	backoff := d.cfg.ListenRetryMin
 	for {
@@ -46,6 +50,7 @@ func (d *Directory) Listen(ctx context.Context, onChange func(spaceID string), o
 			return
 		}
 		if established {
+			onLost(err)
 			backoff = d.cfg.ListenRetryMin
 		}
 		// Full jitter, so many routers cut off at once do not all return at once.

@@ -12,6 +12,7 @@ import (
 type listener struct {
 	changes chan string
 	resets  chan struct{}
+	lost    chan error
 	done    chan struct{}
 	stop    context.CancelFunc
 }
@@ -22,12 +23,13 @@ func startListener(t *testing.T, d *directory.Directory) *listener {
 	l := &listener{
 		changes: make(chan string, 100),
 		resets:  make(chan struct{}, 100),
+		lost:    make(chan error, 100),
 		done:    make(chan struct{}),
 		stop:    stop,
 	}
 	go func() {
 		defer close(l.done)
-		d.Listen(ctx, func(id string) { l.changes <- id }, func() { l.resets <- struct{}{} })
+		d.Listen(ctx, func(id string) { l.changes <- id }, func() { l.resets <- struct{}{} }, func(err error) { l.lost <- err })
 	}()
 	t.Cleanup(func() { stop(); <-l.done })
 	return l
@@ -109,6 +111,14 @@ func TestListen_ReconnectResets(t *testing.T) {
 	}
 	if killed != 1 {
 		t.Fatalf("terminated %d listener backends, want 1", killed)
+	}
+	select {
+	case err := <-l.lost:
+		if err == nil {
+			t.Fatal("the lost listener was reported without its error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lost listener was not reported")
 	}
 	l.waitReset(t) // reconnected: the caller is told to flush
 

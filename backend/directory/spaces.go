@@ -96,39 +96,46 @@ func placementLockKey(app string) int64 {
 }
 
 // LockReconcile takes the app's reconcile lock, a session advisory lock on a
-// connection of its own, so that one process at a time repairs the app's
-// placements: two reconcilers that both saw a space's machine gone would
-// each give it a new one. It does not wait: if another process holds the
-// lock the error wraps ErrLockHeld. unlock releases it; if the process dies
-// Postgres releases it with the connection.
+// connection of its own (not one of the pool's, which a long pass would
+// hold), so that one process at a time repairs the app's placements: two
+// reconcilers that both saw a space's machine gone would each give it a new
+// one. It does not wait: if another process holds the lock the error wraps
+// ErrLockHeld. unlock ends the connection, and with it the lock; so does the
+// connection's loss, which is why the repairs themselves must also be safe
+// against a concurrent pass (MoveSpaceToDedicated is).
 func (d *Directory) LockReconcile(ctx context.Context, app string) (unlock func(), err error) {
-	conn, err := d.pool.Acquire(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("reconcile lock of app %s: %w", app, err)
+	cc := d.pool.Config().ConnConfig.Copy()
+	cc.RuntimeParams["application_name"] = ReconcileApplicationName
+	if cc.ConnectTimeout <= 0 {
+		cc.ConnectTimeout = listenConnectTimeout
 	}
-	key := reconcileLockKey(app)
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return nil, fmt.Errorf("reconcile lock of app %s: connect: %w", app, err)
+	}
+	closeConn := func() {
+		cctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+		defer cancel()
+		_ = conn.Close(cctx)
+	}
 	var ok bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&ok); err != nil {
-		conn.Release()
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, reconcileLockKey(app)).Scan(&ok); err != nil {
+		closeConn()
 		return nil, fmt.Errorf("reconcile lock of app %s: %w", app, err)
 	}
 	if !ok {
-		conn.Release()
+		closeConn()
 		return nil, fmt.Errorf("reconcile lock of app %s: %w", app, ErrLockHeld)
 	}
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), unlockTimeout)
-		defer cancel()
-		if _, err := conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, key); err != nil {
-			// The lock must not outlive us on a pooled connection.
-			_ = conn.Conn().Close(ctx)
-		}
-		conn.Release()
-	}, nil
+	return closeConn, nil
 }
 
-// unlockTimeout bounds releasing an advisory lock.
-const unlockTimeout = 5 * time.Second
+// ReconcileApplicationName is the application_name of LockReconcile's
+// connection, to find it in pg_stat_activity.
+const ReconcileApplicationName = "spaceport-reconcile"
+
+// closeTimeout bounds closing a connection of our own.
+const closeTimeout = 5 * time.Second
 
 // reconcileLockKey is the advisory lock of LockReconcile.
 func reconcileLockKey(app string) int64 {

@@ -26,7 +26,8 @@ func TestFlylocal_StaleRouterCache(t *testing.T) {
 	}
 	t.Parallel()
 	ctx := testContext(t)
-	m := moveWithClientOnOldOwner(ctx, t, "e2e-stale", nil)
+	// No periodic recheck during the test: the refused join must be what tells the old machine.
+	m := moveWithClientOnOldOwner(ctx, t, "e2e-stale", map[string]string{"RECHECK_INTERVAL": "1h"})
 
 	// Client 2 connects through the router, whose cache still says owner: refused (4004) until the entry expires,
 	// then it lands on the new machine.

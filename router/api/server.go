@@ -91,9 +91,9 @@ type Server struct {
 	log     *slog.Logger
 	handler http.Handler
 	metrics *metrics
-	// following is set once RunInvalidation's LISTEN is established. Until
-	// then the router is not ready: a placement it cached could go stale
-	// without the router hearing of it, for up to the cache TTL.
+	// following is set while RunInvalidation's LISTEN is established.
+	// Otherwise the router is not ready: a placement it cached could go
+	// stale without the router hearing of it, for up to the cache TTL.
 	following atomic.Bool
 }
 
@@ -150,6 +150,9 @@ func (s *Server) RunInvalidation(ctx context.Context) {
 		s.following.Store(true)
 		s.metrics.listenResets.Inc()
 		s.log.Info("router: following directory changes; cache purged")
+	}, func(err error) {
+		s.following.Store(false)
+		s.log.Warn("router: no longer following directory changes; not ready until it is again", "err", err)
 	})
 }
 

@@ -47,8 +47,10 @@ func (r Report) Empty() bool {
 //
 // With dryRun it only reports. A pass that changes things holds the app's reconcile lock in Postgres
 // (directory.LockReconcile), so that routers reconciling at once do not both give a new machine to one space:
-// if another process holds it, Reconcile does nothing and returns an error wrapping directory.ErrLockHeld. A
-// failure to fix one item does not stop the others; the errors are joined.
+// if another process holds it, Reconcile does nothing and returns an error wrapping directory.ErrLockHeld. (A
+// pass whose lock went with its connection can overlap another; a space is still moved once, since a rehome
+// moves it only from the machine it found gone, and the loser destroys the machine it made.) A failure to fix
+// one item does not stop the others; the errors are joined.
 func (p *Placer) Reconcile(ctx context.Context, dryRun bool) (Report, error) {
 	var rep Report
 	if !dryRun {
@@ -148,7 +150,7 @@ func (p *Placer) rehome(ctx context.Context, sp directory.Space) (string, error)
 	if err != nil {
 		return "", fmt.Errorf("rehome space %s: %w", sp.ID, err)
 	}
-	if _, err := p.dir.MoveSpaceToDedicated(cctx, sp.ID, directory.Machine{ID: m.ID, App: p.cfg.App, Region: m.Region}); err != nil {
+	if _, err := p.dir.MoveSpaceToDedicated(cctx, sp.ID, sp.Machine, directory.Machine{ID: m.ID, App: p.cfg.App, Region: m.Region}); err != nil {
 		p.destroy(m.ID, "its space could not be moved to it: "+err.Error())
 		return "", fmt.Errorf("rehome space %s: %w", sp.ID, err)
 	}

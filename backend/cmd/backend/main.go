@@ -165,7 +165,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 		bg.Go(func() {
 			dir.Listen(bgCtx,
 				func(spaceID string) { spaces.Recheck(bgCtx, spaceID) },
-				func() { spaces.RecheckAll(bgCtx) })
+				func() { spaces.RecheckAll(bgCtx) }, nil)
 		})
 		bg.Go(func() { spaces.RunRecheck(bgCtx, recheck) })
 	}
