@@ -447,7 +447,11 @@ func (m *Manager) Recheck(ctx context.Context, spaceID string) {
 	if s == nil {
 		return
 	}
-	err := m.cfg.Assigner.Assigned(ctx, spaceID)
+	// Bounded: rechecks run one after another, on the directory listener's
+	// goroutine too, and one stuck query must not hold up the rest.
+	cctx, cancel := context.WithTimeout(ctx, recheckTimeout)
+	err := m.cfg.Assigner.Assigned(cctx, spaceID)
+	cancel()
 	if err != nil && !errors.Is(err, ErrMoved) {
 		m.cfg.Logger.Warn("recheck space assignment failed", "space", spaceID, "err", err)
 		return
@@ -488,6 +492,9 @@ func (m *Manager) RecheckAll(ctx context.Context) {
 		m.Recheck(ctx, id)
 	}
 }
+
+// recheckTimeout bounds one Recheck's question to the directory.
+const recheckTimeout = 5 * time.Second
 
 // RunRecheck rechecks every loaded space each interval (0 means
 // DefaultRecheckInterval) until ctx is done; run it in a goroutine whose owner
