@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/spaceport-sync/spaceport/backend/directory"
@@ -44,6 +45,13 @@ const (
 	DefaultKillTimeout = 30 * time.Second
 )
 
+// ImageAuto as Config.Image makes new machines run the image of the backend app's most recently updated
+// machine: after a `fly deploy` has rolled out a release, new spaces get it too.
+const ImageAuto = "auto"
+
+// DefaultImageRefresh is Config.ImageRefresh's default.
+const DefaultImageRefresh = time.Minute
+
 // ErrMachineUnavailable is wrapped by every failure to create a space's machine that a later attempt may not
 // meet: no capacity, the API's rate limit, a machine that did not start in time, an API that did not answer.
 // Nothing is left behind by such a failure: no space, no machine (or, if the API's answer was lost, a machine
@@ -59,8 +67,13 @@ type Config struct {
 	// App is the backend app machines are created in. Empty means DefaultApp.
 	App string
 	// Image is the backend image created machines run (on Fly, the deployed release's image:
-	// `fly image show -a BACKEND_APP`; flylocal records it and runs the app's configured command). Required.
+	// `fly image show -a BACKEND_APP`; flylocal records it and runs the app's configured command), or ImageAuto
+	// to run the image of the app's most recently updated machine, which follows each `fly deploy` with no
+	// change here. Required.
 	Image string
+	// ImageRefresh is how long ImageAuto keeps the image it found before it lists the app's machines again.
+	// Zero means DefaultImageRefresh (1m).
+	ImageRefresh time.Duration
 	// Region is where machines are created. Empty lets the API choose (the region nearest to the router).
 	Region string
 	// Env is added to created machines' environment (Fly adds the app's secrets itself). Nil adds nothing.
@@ -86,6 +99,11 @@ type Placer struct {
 	dir *directory.Directory
 	api *machines.Client
 	log *slog.Logger
+
+	// The image ImageAuto found, and when.
+	imageMu    sync.Mutex
+	image      string
+	imageFound time.Time
 }
 
 // New returns a Placer for cfg.
@@ -107,6 +125,9 @@ func New(cfg Config) (*Placer, error) {
 	}
 	if cfg.CleanupTimeout <= 0 {
 		cfg.CleanupTimeout = DefaultCleanupTimeout
+	}
+	if cfg.ImageRefresh <= 0 {
+		cfg.ImageRefresh = DefaultImageRefresh
 	}
 	switch {
 	case cfg.OrphanAge == 0:
@@ -164,7 +185,11 @@ func (p *Placer) CreateSpace(ctx context.Context, id string) (directory.Space, e
 
 // startMachine creates a machine for space and waits until it has started; on a failed wait it destroys it.
 func (p *Placer) startMachine(ctx context.Context, space string) (*machines.Machine, error) {
-	m, err := p.api.Create(ctx, p.cfg.App, machines.CreateRequest{Region: p.cfg.Region, Config: p.machineConfig(space)})
+	image, err := p.imageToRun(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m, err := p.api.Create(ctx, p.cfg.App, machines.CreateRequest{Region: p.cfg.Region, Config: p.machineConfig(space, image)})
 	if err != nil {
 		// If the answer was lost after the machine was made, Reconcile finds it by its metadata.
 		return nil, fmt.Errorf("%w: %w", ErrMachineUnavailable, err)
@@ -178,6 +203,49 @@ func (p *Placer) startMachine(ctx context.Context, space string) (*machines.Mach
 	return m, nil
 }
 
+// imageToRun is the image of a new machine: Config.Image, or with ImageAuto the image of the app's most
+// recently updated machine (ties go to the one created last), looked up at most every Config.ImageRefresh.
+func (p *Placer) imageToRun(ctx context.Context) (string, error) {
+	if p.cfg.Image != ImageAuto {
+		return p.cfg.Image, nil
+	}
+	p.imageMu.Lock()
+	defer p.imageMu.Unlock()
+	if p.image != "" && time.Since(p.imageFound) < p.cfg.ImageRefresh {
+		return p.image, nil
+	}
+	list, err := p.api.List(ctx, p.cfg.App, machines.ListOptions{})
+	if err != nil {
+		if p.image != "" {
+			p.log.Warn("dedicated: could not list the app's machines; keeping the image found before",
+				"image", p.image, "err", err)
+			return p.image, nil
+		}
+		return "", fmt.Errorf("%w: find the image of app %s's machines: %w", ErrMachineUnavailable, p.cfg.App, err)
+	}
+	var newest *machines.Machine
+	for i := range list {
+		m := &list[i]
+		if !m.Active() || m.Config == nil || m.Config.Image == "" {
+			continue
+		}
+		if newest == nil || m.UpdatedAt.After(newest.UpdatedAt) ||
+			(m.UpdatedAt.Equal(newest.UpdatedAt) && m.CreatedAt.After(newest.CreatedAt)) {
+			newest = m
+		}
+	}
+	if newest == nil {
+		return "", fmt.Errorf("%w: image %s: app %s has no machine to take the image from (deploy it first, or set the image)",
+			ErrMachineUnavailable, ImageAuto, p.cfg.App)
+	}
+	if newest.Config.Image != p.image {
+		p.log.Info("dedicated: new machines run the image of the app's newest machine", "image", newest.Config.Image,
+			"machine", newest.ID)
+	}
+	p.image, p.imageFound = newest.Config.Image, time.Now()
+	return p.image, nil
+}
+
 func deadline(ctx context.Context) time.Time {
 	d, _ := ctx.Deadline()
 	return d
@@ -185,7 +253,7 @@ func deadline(ctx context.Context) time.Time {
 
 // machineConfig is the config of a machine dedicated to space: fly/backend/fly.toml's, expressed for the
 // Machines API (which does not read fly.toml), with the space in the metadata.
-func (p *Placer) machineConfig(space string) machines.MachineConfig {
+func (p *Placer) machineConfig(space, image string) machines.MachineConfig {
 	signal := "SIGTERM"
 	service := map[string]any{
 		"protocol":      "tcp",
@@ -203,7 +271,7 @@ func (p *Placer) machineConfig(space string) machines.MachineConfig {
 	services, _ := json.Marshal([]any{service})
 	metrics, _ := json.Marshal(map[string]any{"port": DefaultInternalPort, "path": "/metrics"})
 	return machines.MachineConfig{
-		Image: p.cfg.Image,
+		Image: image,
 		Env:   p.cfg.Env,
 		Metadata: map[string]string{
 			// Managed by fly deploy like the app's other machines, so a deploy updates their image in place.

@@ -62,7 +62,8 @@ Spaceport router. Configured by environment:
   PLACEMENT      how new spaces get a machine: shared (default: the live backend machine with the fewest
                  spaces) or dedicated (a new backend machine per space, created through the Machines API,
                  auto-stopped when idle, destroyed with the space)
-  BACKEND_IMAGE  dedicated: the image created backend machines run (required; flylocal ignores it)
+  BACKEND_IMAGE  dedicated: the image created backend machines run, or auto: the image of the backend app's
+                 most recently updated machine, which follows each deploy (required; flylocal ignores it)
   FLY_API_TOKEN, FLY_API_HOSTNAME   dedicated: the Machines API's token and base URL (default
                  ` + machines.DefaultBaseURL + `; flylocal gives its machines FLY_API_HOSTNAME)
   RECONCILE_INTERVAL   dedicated: how often to destroy orphan machines and rehome spaces whose machine is

@@ -51,7 +51,7 @@ Environment:
   DATABASE_URL       the space directory's Postgres (required)
   BACKEND_APP        the backend app (default ` + ops.DefaultApp + `)
   FLY_API_TOKEN      Machines API token (fly tokens create deploy -a BACKEND_APP); none for flylocal
-  BACKEND_IMAGE      reconcile: the image of new backend machines (as the router's)
+  BACKEND_IMAGE      reconcile: the image of new backend machines, or auto (as the router's)
   FLY_API_HOSTNAME   Machines API base URL (default ` + machines.DefaultBaseURL + `; inside Fly
                      http://_api.internal:4280; flylocal http://127.0.0.1:4280)
 
