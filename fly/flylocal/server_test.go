@@ -314,3 +314,38 @@ func processAlive(pid int) bool {
 	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
 	return len(fields) == 0 || fields[0] != "Z"
 }
+
+// TestStartWhileStopping: a start asked of a machine that is still stopping (an autostart racing an idle stop)
+// waits for the stop to finish, then starts it again.
+func TestStartWhileStopping(t *testing.T) {
+	stubborn := app("stubborn", 1)
+	stubborn.Env = map[string]string{"TEST_IGNORE_SIGTERM": "1"}
+	stubborn.KillTimeout = flylocal.Duration(500 * time.Millisecond)
+	ts := openServer(t, testConfig(t, stubborn))
+	m := ts.machines(t, "stubborn", 1)[0]
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- ts.Supervisor.Stop(ctx, m.ID) }()
+	for {
+		st, _ := ts.Supervisor.State(m.ID)
+		if st == flylocal.StateStopping {
+			break
+		}
+		if st != flylocal.StateStarted {
+			t.Fatalf("state %s, want stopping", st)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := ts.Supervisor.Start(ctx, m.ID); err != nil {
+		t.Fatalf("Start while stopping: %v", err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := ts.Supervisor.State(m.ID); st != flylocal.StateStarted {
+		t.Fatalf("state %s after the start, want started", st)
+	}
+	ts.echo(t, http.MethodGet, "/", nil, nil)
+}

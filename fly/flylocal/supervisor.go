@@ -227,7 +227,8 @@ func (s *Supervisor) Start(ctx context.Context, id string) error {
 			s.mu.Unlock()
 			return nil
 		}
-		if m.exits != baseline {
+		// While the machine is still stopping there is no attempt of ours yet whose exit could be counted.
+		if baseline != -1 && m.exits != baseline {
 			err := m.lastErr
 			s.mu.Unlock()
 			return startError(id, err)
