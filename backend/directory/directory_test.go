@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -476,5 +477,34 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting until %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// NotOn names, in one query, the spaces a machine holds that the directory
+// has moved elsewhere or deleted.
+func TestNotOn(t *testing.T) {
+	ctx := context.Background()
+	d, _ := newDirectory(t, directory.Config{})
+	register(t, d, "m1")
+	create(t, d, "stays")
+	create(t, d, "moves")
+	create(t, d, "deleted")
+	register(t, d, "m2")
+	if _, err := d.MoveSpace(ctx, "moves", "m2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.DeleteSpace(ctx, "deleted"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.NotOn(ctx, "m1", []string{"stays", "moves", "deleted", "never-was"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	if want := []string{"deleted", "moves", "never-was"}; !slices.Equal(got, want) {
+		t.Fatalf("NotOn(m1) = %v, want %v", got, want)
+	}
+	if got, err := d.NotOn(ctx, "m1", nil); err != nil || len(got) != 0 {
+		t.Fatalf("NotOn of no spaces = %v, %v", got, err)
 	}
 }

@@ -144,6 +144,22 @@ func reconcileLockKey(app string) int64 {
 	return int64(h.Sum64())
 }
 
+// NotOn returns those of ids that the directory does not place on machine:
+// moved elsewhere, or deleted. One query, however many IDs.
+func (d *Directory) NotOn(ctx context.Context, machine string, ids []string) ([]string, error) {
+	rows, err := d.pool.Query(ctx, `
+		SELECT x FROM unnest($2::text[]) AS x
+		WHERE NOT EXISTS (SELECT 1 FROM directory.spaces s WHERE s.id = x AND s.machine = $1)`, machine, ids)
+	if err != nil {
+		return nil, fmt.Errorf("find which of %d spaces are not on machine %.64q: %w", len(ids), machine, err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("find which of %d spaces are not on machine %.64q: %w", len(ids), machine, err)
+	}
+	return out, nil
+}
+
 // Lookup returns the placement of space id: one primary-key read, the
 // router's replay decision (behind its cache) and the backend's check that a
 // space is assigned to it before serving it. Errors: ErrInvalidSpaceID,

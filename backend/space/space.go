@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,10 @@ type Assigner interface {
 	// error wrapping ErrMoved if it is not (or does not exist). Any other
 	// error means the answer is unknown (directory unreachable).
 	Assigned(ctx context.Context, spaceID string) error
+	// Moved returns those of spaceIDs that are no longer assigned to this
+	// machine (or no longer exist), in one question: how every loaded space
+	// is rechecked at once. An error means the answer is unknown.
+	Moved(ctx context.Context, spaceIDs []string) ([]string, error)
 }
 
 // Peer is a connection attached to a space.
@@ -480,20 +485,39 @@ func (m *Manager) letGoIfMoved(spaceID string, only *Space, err error) {
 }
 
 // RecheckAll rechecks every loaded space (after the directory's change feed
-// reconnected and may have missed announcements).
+// reconnected and may have missed announcements, and every RECHECK_INTERVAL),
+// asking the Assigner about recheckBatch spaces per question.
 func (m *Manager) RecheckAll(ctx context.Context) {
+	if m.cfg.Assigner == nil {
+		return
+	}
 	m.mu.Lock()
+	loaded := make(map[string]*Space, len(m.spaces))
 	ids := make([]string, 0, len(m.spaces))
-	for id := range m.spaces {
+	for id, s := range m.spaces {
+		loaded[id] = s
 		ids = append(ids, id)
 	}
 	m.mu.Unlock()
-	for _, id := range ids {
-		m.Recheck(ctx, id)
+	for batch := range slices.Chunk(ids, recheckBatch) {
+		cctx, cancel := context.WithTimeout(ctx, recheckTimeout)
+		moved, err := m.cfg.Assigner.Moved(cctx, batch)
+		cancel()
+		if err != nil {
+			m.cfg.Logger.Warn("recheck of the loaded spaces' assignment failed", "spaces", len(batch), "err", err)
+			return
+		}
+		for _, id := range moved {
+			m.letGoIfMoved(id, loaded[id], fmt.Errorf("space %s: %w", id, ErrMoved))
+		}
 	}
 }
 
-// recheckTimeout bounds one Recheck's question to the directory.
+// recheckBatch is how many spaces RecheckAll asks about in one question.
+const recheckBatch = 1000
+
+// recheckTimeout bounds one question of Recheck or RecheckAll to the
+// directory.
 const recheckTimeout = 5 * time.Second
 
 // RunRecheck rechecks every loaded space each interval (0 means

@@ -27,3 +27,7 @@ func (a assigner) Assigned(ctx context.Context, spaceID string) error {
 	}
 	return nil
 }
+
+func (a assigner) Moved(ctx context.Context, spaceIDs []string) ([]string, error) {
+	return a.dir.NotOn(ctx, a.machineID, spaceIDs)
+}
