@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,6 +52,14 @@ func run(ctx context.Context, getenv func(string) string) error {
 	slog.SetDefault(log)
 	machineID := getenv("FLY_MACHINE_ID")
 	log = log.With("machine", machineID)
+
+	switch limit, ok, err := memoryLimit(getenv); {
+	case err != nil:
+		return err
+	case ok:
+		debug.SetMemoryLimit(limit)
+		log.Info("memory limit set from the machine's size", "limit_mb", limit>>20, "percent", memoryLimitPercent)
+	}
 
 	dbURL := getenv("DATABASE_URL")
 	if dbURL == "" {
