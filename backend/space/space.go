@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -36,8 +37,8 @@ type Assigner interface {
 	// error means the answer is unknown (directory unreachable).
 	Assigned(ctx context.Context, spaceID string) error
 	// Moved returns those of spaceIDs that are no longer assigned to this
-	// machine (or no longer exist), in one question: how every loaded space
-	// is rechecked at once. An error means the answer is unknown.
+	// machine (or no longer exist), in one question: how loaded spaces are
+	// rechecked. An error means the answer is unknown.
 	Moved(ctx context.Context, spaceIDs []string) ([]string, error)
 }
 
@@ -327,7 +328,7 @@ func (m *Manager) Join(ctx context.Context, spaceID string, p Peer) (*Space, err
 	// again right before a load, since the space may move while we wait
 	// for an unload to finish.
 	if err := m.assigned(ctx, spaceID); err != nil {
-		m.letGoIfMoved(spaceID, nil, err)
+		m.letGoIfMoved(spaceID, err)
 		return nil, err
 	}
 	checked := true
@@ -341,7 +342,7 @@ func (m *Manager) Join(ctx context.Context, spaceID string, p Peer) (*Space, err
 		if s == nil && !checked {
 			m.mu.Unlock()
 			if err := m.assigned(ctx, spaceID); err != nil {
-				m.letGoIfMoved(spaceID, nil, err)
+				m.letGoIfMoved(spaceID, err)
 				return nil, err
 			}
 			checked = true
@@ -442,38 +443,62 @@ func (m *Manager) stopLocked(s *Space, code protocol.CloseCode) {
 // moved, its connections are closed with 4004 (they reconnect through the
 // router to the new owner) and it unloads. Call it when the directory
 // announces a change.
-func (m *Manager) Recheck(ctx context.Context, spaceID string) {
+func (m *Manager) Recheck(ctx context.Context, spaceID string) { m.recheck(ctx, []string{spaceID}) }
+
+// RecheckAll rechecks every loaded space: after the directory's change feed
+// reconnected and may have missed announcements, and every RECHECK_INTERVAL.
+func (m *Manager) RecheckAll(ctx context.Context) { m.recheck(ctx, nil) }
+
+// recheck asks the Assigner which of the loaded spaces among ids (all of
+// them if ids is nil) moved, recheckBatch spaces per question, and lets go
+// of those.
+func (m *Manager) recheck(ctx context.Context, ids []string) {
 	if m.cfg.Assigner == nil {
 		return
 	}
 	m.mu.Lock()
-	s := m.spaces[spaceID]
+	loaded := make(map[string]*Space, len(ids))
+	if ids == nil {
+		for id, s := range m.spaces {
+			loaded[id] = s
+		}
+	}
+	for _, id := range ids {
+		if s := m.spaces[id]; s != nil {
+			loaded[id] = s
+		}
+	}
 	m.mu.Unlock()
-	if s == nil {
-		return
+	for batch := range slices.Chunk(slices.Collect(maps.Keys(loaded)), recheckBatch) {
+		// Bounded: rechecks run on the directory listener's goroutine too,
+		// and one stuck query must not hold it up.
+		cctx, cancel := context.WithTimeout(ctx, recheckTimeout)
+		moved, err := m.cfg.Assigner.Moved(cctx, batch)
+		cancel()
+		if err != nil {
+			m.cfg.Logger.Warn("recheck of loaded spaces' assignment failed", "spaces", len(batch), "err", err)
+			return
+		}
+		for _, id := range moved {
+			m.letGo(id, loaded[id])
+		}
 	}
-	// Bounded: rechecks run one after another, on the directory listener's
-	// goroutine too, and one stuck query must not hold up the rest.
-	cctx, cancel := context.WithTimeout(ctx, recheckTimeout)
-	err := m.cfg.Assigner.Assigned(cctx, spaceID)
-	cancel()
-	if err != nil && !errors.Is(err, ErrMoved) {
-		m.cfg.Logger.Warn("recheck space assignment failed", "space", spaceID, "err", err)
-		return
-	}
-	m.letGoIfMoved(spaceID, s, err)
 }
 
-// letGoIfMoved closes a loaded space with 4004 when err says the directory
-// gives it to another machine. A join refused as moved is how a machine
-// learns of a move whose announcement it missed (the router that sent the
-// client had missed it too): keeping the space would leave its clients on a
-// machine that no longer owns it. only, when set, limits this to that
-// instance of the space.
-func (m *Manager) letGoIfMoved(spaceID string, only *Space, err error) {
-	if !errors.Is(err, ErrMoved) {
-		return
+// letGoIfMoved lets go of a loaded space when err says the directory gives
+// it to another machine. A join refused as moved is how a machine learns of
+// a move whose announcement it missed (the router that sent the client had
+// missed it too): keeping the space would leave its clients on a machine
+// that no longer owns it.
+func (m *Manager) letGoIfMoved(spaceID string, err error) {
+	if errors.Is(err, ErrMoved) {
+		m.letGo(spaceID, nil)
 	}
+}
+
+// letGo closes a loaded space with 4004 and unloads it: it moved away. only,
+// when set, limits this to that instance of the space.
+func (m *Manager) letGo(spaceID string, only *Space) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := m.spaces[spaceID]
@@ -484,40 +509,10 @@ func (m *Manager) letGoIfMoved(spaceID string, only *Space, err error) {
 	m.stopLocked(s, protocol.CloseMoved)
 }
 
-// RecheckAll rechecks every loaded space (after the directory's change feed
-// reconnected and may have missed announcements, and every RECHECK_INTERVAL),
-// asking the Assigner about recheckBatch spaces per question.
-func (m *Manager) RecheckAll(ctx context.Context) {
-	if m.cfg.Assigner == nil {
-		return
-	}
-	m.mu.Lock()
-	loaded := make(map[string]*Space, len(m.spaces))
-	ids := make([]string, 0, len(m.spaces))
-	for id, s := range m.spaces {
-		loaded[id] = s
-		ids = append(ids, id)
-	}
-	m.mu.Unlock()
-	for batch := range slices.Chunk(ids, recheckBatch) {
-		cctx, cancel := context.WithTimeout(ctx, recheckTimeout)
-		moved, err := m.cfg.Assigner.Moved(cctx, batch)
-		cancel()
-		if err != nil {
-			m.cfg.Logger.Warn("recheck of the loaded spaces' assignment failed", "spaces", len(batch), "err", err)
-			return
-		}
-		for _, id := range moved {
-			m.letGoIfMoved(id, loaded[id], fmt.Errorf("space %s: %w", id, ErrMoved))
-		}
-	}
-}
-
-// recheckBatch is how many spaces RecheckAll asks about in one question.
+// recheckBatch is how many spaces recheck asks about in one question.
 const recheckBatch = 1000
 
-// recheckTimeout bounds one question of Recheck or RecheckAll to the
-// directory.
+// recheckTimeout bounds one question of recheck to the directory.
 const recheckTimeout = 5 * time.Second
 
 // RunRecheck rechecks every loaded space each interval (0 means
