@@ -10,9 +10,33 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// listenConnectTimeout bounds one connection attempt of Listen when the pool's
-// configuration sets no connect timeout of its own.
-const listenConnectTimeout = 10 * time.Second
+// ownConnectTimeout bounds connecting a connection of our own (ownConn) when
+// the pool's configuration sets no connect timeout.
+const ownConnectTimeout = 10 * time.Second
+
+// ownCloseTimeout bounds closing a connection of our own.
+const ownCloseTimeout = 5 * time.Second
+
+// ownConn opens a connection outside the pool, with the pool's settings and
+// application name app (to find it in pg_stat_activity): for what holds a
+// connection for long or ties state to its session, LISTEN and session
+// advisory locks. closeConn closes it with a bounded wait.
+func (d *Directory) ownConn(ctx context.Context, app string) (conn *pgx.Conn, closeConn func(), err error) {
+	cc := d.pool.Config().ConnConfig.Copy()
+	cc.RuntimeParams["application_name"] = app
+	if cc.ConnectTimeout <= 0 {
+		cc.ConnectTimeout = ownConnectTimeout
+	}
+	conn, err = pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect: %w", err)
+	}
+	return conn, func() {
+		cctx, cancel := context.WithTimeout(context.Background(), ownCloseTimeout)
+		defer cancel()
+		_ = conn.Close(cctx)
+	}, nil
+}
 
 // listenPingTimeout bounds the round trip that checks a silent listener
 // connection.
@@ -71,20 +95,11 @@ func (d *Directory) Listen(ctx context.Context, onChange func(spaceID string), o
 // connection fails or ctx is done. established reports whether LISTEN took
 // effect (and onReset was called).
 func (d *Directory) listenOnce(ctx context.Context, onChange func(string), onReset func()) (established bool, err error) {
-	cc := d.pool.Config().ConnConfig.Copy()
-	cc.RuntimeParams["application_name"] = ListenApplicationName
-	if cc.ConnectTimeout <= 0 {
-		cc.ConnectTimeout = listenConnectTimeout
-	}
-	conn, err := pgx.ConnectConfig(ctx, cc)
+	conn, closeConn, err := d.ownConn(ctx, ListenApplicationName)
 	if err != nil {
-		return false, fmt.Errorf("connect: %w", err)
+		return false, err
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_ = conn.Close(cctx)
-	}()
+	defer closeConn()
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{NotifyChannel}.Sanitize()); err != nil {
 		return false, fmt.Errorf("listen: %w", err)
 	}

@@ -104,19 +104,9 @@ func placementLockKey(app string) int64 {
 // connection's loss, which is why the repairs themselves must also be safe
 // against a concurrent pass (MoveSpaceToDedicated is).
 func (d *Directory) LockReconcile(ctx context.Context, app string) (unlock func(), err error) {
-	cc := d.pool.Config().ConnConfig.Copy()
-	cc.RuntimeParams["application_name"] = ReconcileApplicationName
-	if cc.ConnectTimeout <= 0 {
-		cc.ConnectTimeout = listenConnectTimeout
-	}
-	conn, err := pgx.ConnectConfig(ctx, cc)
+	conn, closeConn, err := d.ownConn(ctx, ReconcileApplicationName)
 	if err != nil {
-		return nil, fmt.Errorf("reconcile lock of app %s: connect: %w", app, err)
-	}
-	closeConn := func() {
-		cctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
-		defer cancel()
-		_ = conn.Close(cctx)
+		return nil, fmt.Errorf("reconcile lock of app %s: %w", app, err)
 	}
 	var ok bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, reconcileLockKey(app)).Scan(&ok); err != nil {
@@ -133,9 +123,6 @@ func (d *Directory) LockReconcile(ctx context.Context, app string) (unlock func(
 // ReconcileApplicationName is the application_name of LockReconcile's
 // connection, to find it in pg_stat_activity.
 const ReconcileApplicationName = "spaceport-reconcile"
-
-// closeTimeout bounds closing a connection of our own.
-const closeTimeout = 5 * time.Second
 
 // reconcileLockKey is the advisory lock of LockReconcile.
 func reconcileLockKey(app string) int64 {
