@@ -5,8 +5,6 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/spaceport-sync/spaceport/backend/directory"
 	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 )
@@ -66,19 +64,8 @@ func TestCreateDedicatedSpace(t *testing.T) {
 func TestLockReconcile(t *testing.T) {
 	ctx := context.Background()
 	url := pgtest.NewDatabase(t)
-	open := func() *directory.Directory {
-		pool, err := pgxpool.New(ctx, url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(pool.Close)
-		d, err := directory.Open(ctx, pool, directory.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
-	a, b := open(), open()
+	a, _ := openDirectory(t, url, directory.Config{})
+	b, _ := openDirectory(t, url, directory.Config{})
 
 	unlock, err := a.LockReconcile(ctx, app)
 	if err != nil {

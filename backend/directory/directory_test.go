@@ -24,7 +24,14 @@ const app = "spaceport-backend"
 // pool (for the few checks that look under the API).
 func newDirectory(t *testing.T, cfg directory.Config) (*directory.Directory, *pgxpool.Pool) {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), pgtest.NewDatabase(t))
+	return openDirectory(t, pgtest.NewDatabase(t), cfg)
+}
+
+// openDirectory opens a directory on the database at url with a pool of its
+// own, as one more process would.
+func openDirectory(t *testing.T, url string, cfg directory.Config) (*directory.Directory, *pgxpool.Pool) {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
