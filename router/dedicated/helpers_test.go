@@ -1,10 +1,16 @@
 package dedicated_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/spaceport-sync/spaceport/backend/directory"
+	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 	"github.com/spaceport-sync/spaceport/fly/flylocal"
+	"github.com/spaceport-sync/spaceport/fly/machines"
 	"github.com/spaceport-sync/spaceport/fly/stacktest"
 )
 
@@ -19,11 +25,14 @@ const (
 )
 
 // openStack runs the real router binary in PLACEMENT=dedicated under flylocal, with flylocal's Machines API and
-// a backend app of no machines whose machines stop after idleStop without connections, against dbURL.
-func openStack(t *testing.T, bins stacktest.Binaries, dbURL string, idleStop time.Duration) *flylocal.Server {
+// a backend app of no machines whose machines stop after idleStop without connections, on a new database; it
+// returns the stack with the test's own directory and Machines API client (no Placer yet).
+func openStack(ctx context.Context, t *testing.T, idleStop time.Duration) *stack {
 	t.Helper()
+	dbURL := pgtest.NewDatabase(t)
 	stacktest.MigrateFirst(t, dbURL, stackTimeout)
-	return stacktest.Open(t, flylocal.Config{
+	bins := stacktest.Build(t)
+	srv := stacktest.Open(t, flylocal.Config{
 		Listen:    "127.0.0.1:0",
 		APIListen: "127.0.0.1:0",
 		StateDir:  t.TempDir(),
@@ -40,4 +49,17 @@ func openStack(t *testing.T, bins stacktest.Binaries, dbURL string, idleStop tim
 				IdleStop: flylocal.Duration(idleStop)},
 		},
 	}, stackTimeout)
+	s := &stack{t: t, srv: srv}
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if s.dir, err = directory.Open(ctx, pool, directory.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if s.api, err = machines.New(machines.Config{BaseURL: srv.APIURL()}); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -6,12 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/spaceport-sync/spaceport/backend/directory"
-	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 	"github.com/spaceport-sync/spaceport/fly/machines"
-	"github.com/spaceport-sync/spaceport/fly/stacktest"
 	"github.com/spaceport-sync/spaceport/router/dedicated"
 )
 
@@ -25,21 +21,8 @@ func TestImageAuto(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*stackTimeout)
 	defer cancel()
-	dbURL := pgtest.NewDatabase(t)
-	srv := openStack(t, stacktest.Build(t), dbURL, time.Hour)
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	dir, err := directory.Open(ctx, pool, directory.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	api, err := machines.New(machines.Config{BaseURL: srv.APIURL()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openStack(ctx, t, time.Hour)
+	dir, api := s.dir, s.api
 	placer := func(image string) *dedicated.Placer {
 		p, err := dedicated.New(dedicated.Config{Directory: dir, Machines: api, App: backendApp, Image: image,
 			ImageRefresh: time.Nanosecond})

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/spaceport-sync/spaceport/backend/directory"
 	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 	"github.com/spaceport-sync/spaceport/backend/syncclient"
@@ -45,20 +43,8 @@ func TestStack(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*stackTimeout)
 	defer cancel()
-	bins := stacktest.Build(t)
-	dbURL := pgtest.NewDatabase(t)
-	s := &stack{t: t, srv: openStack(t, bins, dbURL, 2*time.Second)}
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	if s.dir, err = directory.Open(ctx, pool, directory.Config{}); err != nil {
-		t.Fatal(err)
-	}
-	if s.api, err = machines.New(machines.Config{BaseURL: s.srv.APIURL()}); err != nil {
-		t.Fatal(err)
-	}
+	s := openStack(ctx, t, 2*time.Second)
+	var err error
 	// The same reconciler the router runs, run here when no space is being created: any age is an orphan.
 	if s.p, err = dedicated.New(dedicated.Config{Directory: s.dir, Machines: s.api, App: backendApp,
 		Image: "flylocal/" + backendApp, OrphanAge: -1}); err != nil {
