@@ -163,11 +163,17 @@ func TestExitZeroStops(t *testing.T) {
 	}
 }
 
+// stubbornApp is an app "stubborn" of one machine that ignores SIGTERM, so it stays stopping until flylocal
+// kills it after kill.
+func stubbornApp(kill time.Duration) flylocal.AppConfig {
+	a := app("stubborn", 1)
+	a.Env = map[string]string{"TEST_IGNORE_SIGTERM": "1"}
+	a.KillTimeout = flylocal.Duration(kill)
+	return a
+}
+
 func TestStopKillsAfterTimeout(t *testing.T) {
-	stubborn := app("stubborn", 1)
-	stubborn.Env = map[string]string{"TEST_IGNORE_SIGTERM": "1"}
-	stubborn.KillTimeout = flylocal.Duration(200 * time.Millisecond)
-	ts := openServer(t, testConfig(t, stubborn))
+	ts := openServer(t, testConfig(t, stubbornApp(200*time.Millisecond)))
 	m := ts.machines(t, "stubborn", 1)[0]
 	e := ts.echo(t, http.MethodGet, "/", nil, nil)
 
@@ -318,10 +324,7 @@ func processAlive(pid int) bool {
 // TestStartWhileStopping: a start asked of a machine that is still stopping (an autostart racing an idle stop)
 // waits for the stop to finish, then starts it again.
 func TestStartWhileStopping(t *testing.T) {
-	stubborn := app("stubborn", 1)
-	stubborn.Env = map[string]string{"TEST_IGNORE_SIGTERM": "1"}
-	stubborn.KillTimeout = flylocal.Duration(500 * time.Millisecond)
-	ts := openServer(t, testConfig(t, stubborn))
+	ts := openServer(t, testConfig(t, stubbornApp(500*time.Millisecond)))
 	m := ts.machines(t, "stubborn", 1)[0]
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
