@@ -104,7 +104,7 @@ func placementLockKey(app string) int64 {
 // connection's loss, which is why the repairs themselves must also be safe
 // against a concurrent pass (MoveSpaceToDedicated is).
 func (d *Directory) LockReconcile(ctx context.Context, app string) (unlock func(), err error) {
-	conn, closeConn, err := d.ownConn(ctx, ReconcileApplicationName)
+	conn, closeConn, err := d.ownConn(ctx, reconcileApplicationName)
 	if err != nil {
 		return nil, fmt.Errorf("reconcile lock of app %s: %w", app, err)
 	}
@@ -120,9 +120,9 @@ func (d *Directory) LockReconcile(ctx context.Context, app string) (unlock func(
 	return closeConn, nil
 }
 
-// ReconcileApplicationName is the application_name of LockReconcile's
+// reconcileApplicationName is the application_name of LockReconcile's
 // connection, to find it in pg_stat_activity.
-const ReconcileApplicationName = "spaceport-reconcile"
+const reconcileApplicationName = "spaceport-reconcile"
 
 // reconcileLockKey is the advisory lock of LockReconcile.
 func reconcileLockKey(app string) int64 {
