@@ -18,7 +18,7 @@ func TestLimit_ConnectionsPerSpace(t *testing.T) {
 	b := startBackend(t, pgtest.NewDatabase(t), "m1", backendOpts{space: space.Config{MaxPeers: 2}})
 	a := b.dial(t, "s", syncclient.Options{})
 	b.dial(t, "s", syncclient.Options{})
-	if got := dialClosed(t, b.url("s")); got != 4029 {
+	if got := dialClosed(t, b.url("s"), syncclient.Options{}); got != 4029 {
 		t.Fatalf("third connection closed with %d, want 4029", got)
 	}
 	b.dial(t, "other", syncclient.Options{}) // other spaces are not affected
@@ -29,7 +29,7 @@ func TestLimit_SpacesPerMachine(t *testing.T) {
 	b := startBackend(t, pgtest.NewDatabase(t), "m1", backendOpts{space: space.Config{MaxSpaces: 2}})
 	b.dial(t, "s1", syncclient.Options{})
 	b.dial(t, "s2", syncclient.Options{})
-	if got := dialClosed(t, b.url("s3")); got != 4029 {
+	if got := dialClosed(t, b.url("s3"), syncclient.Options{}); got != 4029 {
 		t.Fatalf("third space closed with %d, want 4029", got)
 	}
 	b.dial(t, "s1", syncclient.Options{}) // a loaded space still takes clients
