@@ -89,6 +89,14 @@ func run(ctx context.Context, getenv func(string) string) error {
 	if err != nil {
 		return err
 	}
+	groupSpaces, err := intEnv(getenv, "GROUP_COMMIT_SPACES")
+	if err != nil {
+		return err
+	}
+	committers, err := intEnv(getenv, "GROUP_COMMITTERS")
+	if err != nil {
+		return err
+	}
 	// The directory check is what keeps a stale route from serving (and
 	// claiming) a space another machine owns; turn it off only to run a
 	// lone backend without a router.
@@ -118,7 +126,7 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return fmt.Errorf("connect to postgres: %w", err)
 	}
 	defer pool.Close()
-	st, err := store.Open(ctx, pool)
+	st, err := store.OpenConfig(ctx, pool, store.Config{MaxGroupSpaces: groupSpaces, Committers: committers, Logger: log})
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
