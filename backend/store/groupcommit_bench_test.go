@@ -28,26 +28,53 @@ func BenchmarkCommit(b *testing.B) {
 	}
 }
 
+// BenchmarkCommitClusters is BenchmarkCommit's 500 spaces spread over one or
+// two Postgres clusters (space i on cluster i mod n): what a second cluster
+// adds to the fleet's ceiling, with every space committing alone (the
+// fsync-bound case) and with group commit. It needs
+// SPACEPORT_BENCH_DATABASE_URL and SPACEPORT_BENCH_DATABASE_URL2 (two
+// clusters; make bench starts them) and is skipped otherwise.
+func BenchmarkCommitClusters(b *testing.B) {
+	url1, url2 := os.Getenv("SPACEPORT_BENCH_DATABASE_URL"), os.Getenv("SPACEPORT_BENCH_DATABASE_URL2")
+	if url1 == "" || url2 == "" {
+		b.Skip("SPACEPORT_BENCH_DATABASE_URL and SPACEPORT_BENCH_DATABASE_URL2 name two clusters")
+	}
+	for _, urls := range [][]string{{url1}, {url1, url2}} {
+		for _, group := range []int{1, DefaultMaxGroupSpaces} {
+			b.Run(fmt.Sprintf("clusters=%d/group=%d", len(urls), group), func(b *testing.B) {
+				benchCommitOn(b, urls, 500, Config{MaxGroupSpaces: group})
+			})
+		}
+	}
+}
+
 func benchCommit(b *testing.B, spaces int, cfg Config) {
-	ctx := context.Background()
 	url := os.Getenv("SPACEPORT_BENCH_DATABASE_URL")
 	if url == "" {
 		url = pgtest.NewDatabase(b)
 	}
-	pool, err := pgxpool.New(ctx, url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer pool.Close()
-	st, err := OpenConfig(ctx, pool, cfg)
-	if err != nil {
-		b.Fatal(err)
+	benchCommitOn(b, []string{url}, spaces, cfg)
+}
+
+// benchCommitOn commits from spaces goroutines, space i on urls[i mod n].
+func benchCommitOn(b *testing.B, urls []string, spaces int, cfg Config) {
+	ctx := context.Background()
+	stores := make([]*Store, len(urls))
+	for i, url := range urls {
+		pool, err := pgxpool.New(ctx, url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer pool.Close()
+		if stores[i], err = OpenConfig(ctx, pool, cfg); err != nil {
+			b.Fatal(err)
+		}
 	}
 	prefix := fmt.Sprintf("bench-%s-", b.Name())
 	epochs := make([]int64, spaces)
 	versions := make([]int64, spaces)
 	for i := range spaces {
-		snap, err := st.Claim(ctx, fmt.Sprint(prefix, i), "bench")
+		snap, err := stores[i%len(stores)].Claim(ctx, fmt.Sprint(prefix, i), "bench")
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -59,7 +86,7 @@ func benchCommit(b *testing.B, spaces int, cfg Config) {
 	var wg sync.WaitGroup
 	for i := range spaces {
 		wg.Go(func() {
-			id := fmt.Sprint(prefix, i)
+			id, st := fmt.Sprint(prefix, i), stores[i%len(stores)]
 			for {
 				next.Lock()
 				if n == b.N {

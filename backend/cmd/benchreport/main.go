@@ -49,10 +49,21 @@ func run(args []string, stderr io.Writer) error {
 	}
 	var b strings.Builder
 	write(&b, res)
-	if err := os.WriteFile(*out+".tmp", []byte(b.String()), 0o644); err != nil {
+	// Charts first, so the report never links one that is not there.
+	for name, data := range res.files {
+		if err := writeFile(filepath.Join(filepath.Dir(*out), name), data); err != nil {
+			return err
+		}
+	}
+	return writeFile(*out, b.String())
+}
+
+// writeFile replaces path's contents at once (a reader never sees half).
+func writeFile(path, data string) error {
+	if err := os.WriteFile(path+".tmp", []byte(data), 0o644); err != nil {
 		return err
 	}
-	return os.Rename(*out+".tmp", *out)
+	return os.Rename(path+".tmp", path)
 }
 
 // results is everything scripts/bench left in its folder.
@@ -63,6 +74,8 @@ type results struct {
 	loadgen  map[string]*loadgen.Result
 	missing  map[string]string // figure id -> why there is no result
 	gobench  map[string][]benchLine
+	pgbench  map[string]pgbench
+	files    map[string]string // charts to write beside the report, by name
 }
 
 // benchLine is one line of `go test -bench` output.
@@ -76,7 +89,7 @@ type benchLine struct {
 
 func load(dir string) (*results, error) {
 	r := &results{machine: map[string]string{}, setup: map[string]string{}, commands: map[string]string{}, loadgen: map[string]*loadgen.Result{},
-		missing: map[string]string{}, gobench: map[string][]benchLine{}}
+		missing: map[string]string{}, gobench: map[string][]benchLine{}, pgbench: map[string]pgbench{}, files: map[string]string{}}
 	env, err := os.ReadFile(filepath.Join(dir, "machine.env"))
 	if err != nil {
 		return nil, err
@@ -108,6 +121,13 @@ func load(dir string) (*results, error) {
 		data, err := os.ReadFile(filepath.Join(dir, id+".out"))
 		if err != nil {
 			r.missing[id] = err.Error()
+			continue
+		}
+		if strings.HasPrefix(id, "pg-") {
+			r.pgbench[id] = parsePgbench(id, string(data))
+			if !r.pgbench[id].ok {
+				r.missing[id] = "no pgbench output: " + lastLine(dir, id)
+			}
 			continue
 		}
 		if strings.HasSuffix(id, "-bench") {
@@ -222,6 +242,7 @@ func write(w *strings.Builder, r *results) {
 	writeThroughput(w, r)
 	writeFanout(w, r)
 	writeHostile(w, r)
+	writeSpaces(w, r)
 	writeEdge(w, r)
 	writeDiff(w, r)
 	writeIdle(w, r)
@@ -280,6 +301,7 @@ func writeTargets(w *strings.Builder, r *results) {
 		kib := res.Memory.PerConnectionBytes / 1024
 		ts = append(ts, target{"Idle connection: under 16 KiB of RSS each", fmt.Sprintf("%.1f KiB", kib), yes(kib < 16)})
 	}
+	ts = append(ts, r.spaceTargets()...)
 	w.WriteString("## Targets\n\nOn a 2-core machine, as the issue sets them. Measured below; met or not, as measured.\n\n")
 	w.WriteString("| target | measured | met |\n|---|---|---|\n")
 	for _, t := range ts {
