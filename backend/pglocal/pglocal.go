@@ -112,9 +112,21 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		}
 	}
 
-	if cfg.Port != 0 && c.run(ctx, "pg_ctl", "-D", c.dataDir, "status") == nil {
-		// Already running (an earlier `make dev` left it up): use it.
-		return c, nil
+	if cfg.Port != 0 {
+		running, err := c.Running(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if running {
+			// Already running (an earlier `make dev` left it up): use it.
+			return c, nil
+		}
+		// Said plainly rather than in the tail of Postgres's log.
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Port)))
+		if err != nil {
+			return nil, fmt.Errorf("pglocal: port %d on 127.0.0.1 is taken by another program (another cluster?): %w", cfg.Port, err)
+		}
+		_ = l.Close()
 	}
 	for attempt := 0; ; attempt++ {
 		if cfg.Port == 0 {

@@ -3,6 +3,8 @@ package pglocal_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -260,4 +262,18 @@ func TestStart_NonRoot(t *testing.T) {
 		}
 	}
 	t.Logf("as user nobody:\n%s", out)
+}
+
+// TestStart_PortTaken: a fixed port another program holds is said plainly.
+func TestStart_PortTaken(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	port := l.Addr().(*net.TCPAddr).Port
+	_, err = pglocal.Start(testContext(t), pglocal.Config{Dir: t.TempDir(), Port: port})
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("port %d on 127.0.0.1 is taken by another program", port)) {
+		t.Fatalf("Start on a taken port: %v", err)
+	}
 }
