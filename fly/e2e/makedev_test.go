@@ -130,7 +130,9 @@ type devRun struct {
 func startDev(t *testing.T, dir string, env []string, name string, args ...string) *devRun {
 	t.Helper()
 	d := &devRun{out: newReadyWriter(), exited: make(chan struct{}), marker: "SPACEPORT_DEV_TEST=" + randomHex(8)}
-	d.cmd = devCommand(dir, append([]string{d.marker}, env...), name, args...)
+	d.cmd = exec.Command(name, args...)
+	d.cmd.Dir = dir
+	d.cmd.Env = append(append(devEnviron(), d.marker), env...)
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 	d.cmd.WaitDelay = 5 * time.Second

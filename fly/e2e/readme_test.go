@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/spaceport-sync/spaceport/backend/syncclient"
 )
@@ -64,13 +65,18 @@ func testReadme(t *testing.T, root string) {
 	c.Close()
 
 	// A second make dev in the same checkout while the first runs: refused at once, in plain words.
-	second := devCommand(repo, env, "make", "dev")
-	out, err := second.CombinedOutput()
-	if err == nil {
+	second := startDev(t, repo, env, "make", "dev")
+	select {
+	case <-second.exited:
+	case <-time.After(devStartTimeout):
+		t.Fatalf("a second make dev beside the first still runs after %s", devStartTimeout)
+	}
+	out := second.out.String()
+	if second.err == nil {
 		t.Fatalf("a second make dev beside the first exited 0:\n%s", out)
 	}
-	if !bytes.Contains(out, []byte("make dev is already running with DEV_DIR=.dev")) || bytes.Contains(out, []byte("in use")) {
-		t.Fatalf("a second make dev beside the first said (%v):\n%s\nwant that make dev is already running", err, out)
+	if !strings.Contains(out, "make dev is already running with DEV_DIR=.dev") || strings.Contains(out, "in use") {
+		t.Fatalf("a second make dev beside the first said (%v):\n%s\nwant that make dev is already running", second.err, out)
 	}
 	if status, b, err := e.call(http.MethodGet, "/readyz", nil); err != nil || status != http.StatusOK {
 		t.Fatalf("the first make dev after the second was refused: GET /readyz %d %v: %s", status, err, b)
@@ -171,14 +177,6 @@ func readSecrets(t *testing.T, devDir string) string {
 		b.WriteByte('\n')
 	}
 	return b.String()
-}
-
-// devCommand is a command run in dir as startDev runs one, without a process group of its own.
-func devCommand(dir string, env []string, name string, args ...string) *exec.Cmd {
-	cmd := exec.Command(name, args...)
-	cmd.Dir = dir
-	cmd.Env = append(devEnviron(), env...)
-	return cmd
 }
 
 // devEnviron is this process's environment without what would make a `make dev` started here differ from one a
