@@ -31,12 +31,14 @@ const devStartTimeout = 3 * time.Minute
 // Postgres stops.
 const devStopTimeout = time.Minute
 
-// TestMakeDev runs scripts/dev, what `make dev` runs, from the repository root with a folder, a Postgres port, an
-// edge address and a Machines API address of its own (DEV_DIR, DEV_PG_PORT, DEV_LISTEN, DEV_API_LISTEN); waits for
-// flylocal's ready line; does a sync round trip through the edge; stops it and checks that every process it started
-// is gone. It stops it twice: with SIGTERM to the script (a process manager, `kill`), and with SIGINT to its whole
-// process group (Ctrl-C in the terminal). On a clean checkout the script builds the frontend (npm ci, vite build);
-// with frontend/dist present it reuses it.
+// TestMakeDev runs the two ways the dev stack is started and stopped, one after the other (the first builds
+// frontend/dist on a clean checkout, which the second copies):
+//
+//   - SIGTERM: scripts/dev, what `make dev` runs, from the repository root with a folder, a Postgres port, an edge
+//     address and a Machines API address of its own (DEV_DIR, DEV_PG_PORT, DEV_LISTEN, DEV_API_LISTEN), stopped with
+//     SIGTERM as a process manager (`kill`) stops it: see runDev.
+//   - README: `make dev` as a newcomer runs it, in a copy of the repository with the default DEV_DIR (.dev): see
+//     testReadme.
 func TestMakeDev(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the whole dev stack")
@@ -46,20 +48,16 @@ func TestMakeDev(t *testing.T) {
 	}
 	t.Parallel()
 	root := stacktest.RepoRoot(t)
-	stops := []struct {
-		name string
-		stop func(pid int) error
-	}{
-		{"SIGTERM", func(pid int) error { return syscall.Kill(pid, syscall.SIGTERM) }},
-		{"CtrlC", func(pid int) error { return syscall.Kill(-pid, syscall.SIGINT) }},
+	if !t.Run("SIGTERM", func(t *testing.T) { runDev(t, root) }) {
+		return
 	}
-	for _, s := range stops {
-		t.Run(s.name, func(t *testing.T) { runDev(t, root, s.stop) })
-	}
+	t.Run("README", func(t *testing.T) { testReadme(t, root) })
 }
 
-// runDev runs scripts/dev once, as described on TestMakeDev; stop sends the signal that stops it.
-func runDev(t *testing.T, root string, stop func(pid int) error) {
+// runDev runs scripts/dev once from the repository root; waits for flylocal's ready line; does a sync round trip
+// through the edge; stops it with SIGTERM and checks that every process it started is gone. On a clean checkout the
+// script builds the frontend (npm ci, vite build); with frontend/dist present it reuses it.
+func runDev(t *testing.T, root string) {
 	devDir := t.TempDir()
 	addrs := freeAddrs(t, 3)
 	listen, apiListen := addrs[0], addrs[1]
@@ -71,58 +69,14 @@ func runDev(t *testing.T, root string, stop func(pid int) error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Every process the script starts inherits this variable, also those that leave its process group (machines,
-	// Postgres), which is how they are found.
-	marker := "SPACEPORT_DEV_TEST=" + randomHex(8)
-
-	cmd := exec.Command(filepath.Join(root, "scripts", "dev"))
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), marker, "DEV_DIR="+devDir, "DEV_PG_PORT="+pgPort, "DEV_LISTEN="+listen,
-		"DEV_API_LISTEN="+apiListen)
+	env := []string{"DEV_DIR=" + devDir, "DEV_PG_PORT=" + pgPort, "DEV_LISTEN=" + listen, "DEV_API_LISTEN=" + apiListen}
 	if _, err := os.Stat(filepath.Join(root, "frontend", "dist", "index.html")); err == nil {
-		cmd.Env = append(cmd.Env, "SKIP_FRONTEND=1")
+		env = append(env, "SKIP_FRONTEND=1")
 	} else {
 		t.Log("no frontend/dist: scripts/dev builds the frontend")
 	}
-	// A process group of its own, as a terminal gives a foreground command.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out := newReadyWriter()
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.WaitDelay = 5 * time.Second
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	var exitErr error
-	go func() { exitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-exited:
-		default:
-			_ = syscall.Kill(cmd.Process.Pid, syscall.SIGTERM)
-			select {
-			case <-exited:
-			case <-time.After(devStopTimeout):
-			}
-		}
-		if left := killMarked(marker); len(left) > 0 {
-			t.Errorf("killed processes scripts/dev left behind:\n%s", formatProcs(left))
-		}
-		if t.Failed() {
-			t.Logf("scripts/dev output:\n%s", out.String())
-		}
-	})
-
-	var url string
-	select {
-	case url = <-out.ready:
-	case <-exited:
-		t.Fatalf("scripts/dev exited before flylocal was ready: %v", exitErr)
-	case <-time.After(devStartTimeout):
-		t.Fatalf("flylocal not ready %s after scripts/dev started", devStartTimeout)
-	}
-	t.Logf("scripts/dev ready at %s after %s", url, time.Since(start).Round(time.Millisecond))
+	d := startDev(t, root, env, filepath.Join(root, "scripts", "dev"))
+	url := d.waitReady(t)
 	if want := "http://" + listen; url != want {
 		t.Fatalf("flylocal serves %s, want DEV_LISTEN %s", url, want)
 	}
@@ -132,7 +86,7 @@ func runDev(t *testing.T, root string, stop func(pid int) error) {
 	syncRoundTrip(t, e)
 
 	// Everything the script started is running: the Postgres server, flylocal and each configured machine.
-	running := markedProcs(marker)
+	running := markedProcs(d.marker)
 	wantCounts := map[string]int{"flylocal": 1, "postgres": 1}
 	for _, app := range cfg.Apps {
 		wantCounts[filepath.Base(app.Command[0])] += app.Machines
@@ -151,20 +105,100 @@ func runDev(t *testing.T, root string, stop func(pid int) error) {
 			t.Fatalf("%d %s processes running, want %d; processes of scripts/dev:\n%s", n, name, want, formatProcs(running))
 		}
 	}
+	d.stop(t, syscall.SIGTERM, false)
+	if err := d.err; err != nil {
+		t.Fatalf("scripts/dev stopped with SIGTERM exited with %v, want status 0", err)
+	}
+}
 
+// devRun is a running scripts/dev (or `make dev`) and what it printed.
+type devRun struct {
+	cmd    *exec.Cmd
+	out    *readyWriter
+	start  time.Time
+	exited chan struct{}
+	err    error // cmd.Wait's result, once exited is closed
+	// marker is in the environment of every process the run starts, also of those that leave its process group
+	// (machines, Postgres), which is how they are found.
+	marker string
+}
+
+// startDev starts name (scripts/dev, or make with args) in dir with env added to this process's environment (less an
+// enclosing make's variables and scripts/dev's settings: devEnviron), in a process group of its own, as a terminal
+// runs a foreground command. At cleanup a run still going gets SIGTERM,
+// and whatever it left behind is killed and fails the test.
+func startDev(t *testing.T, dir string, env []string, name string, args ...string) *devRun {
+	t.Helper()
+	d := &devRun{out: newReadyWriter(), exited: make(chan struct{}), marker: "SPACEPORT_DEV_TEST=" + randomHex(8)}
+	d.cmd = exec.Command(name, args...)
+	d.cmd.Dir = dir
+	d.cmd.Env = append(append(devEnviron(), d.marker), env...)
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
+	d.cmd.WaitDelay = 5 * time.Second
+	d.start = time.Now()
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.err = d.cmd.Wait(); close(d.exited) }() // owned by d: ends when the process does
+	t.Cleanup(func() {
+		select {
+		case <-d.exited:
+		default:
+			_ = syscall.Kill(d.cmd.Process.Pid, syscall.SIGTERM)
+			select {
+			case <-d.exited:
+			case <-time.After(devStopTimeout):
+				_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+				<-d.exited // WaitDelay bounds it
+			}
+		}
+		if left := killMarked(d.marker); len(left) > 0 {
+			t.Errorf("killed processes %s left behind:\n%s", name, formatProcs(left))
+		}
+		if t.Failed() {
+			t.Logf("output of %s %s:\n%s", name, strings.Join(args, " "), d.out.String())
+		}
+	})
+	return d
+}
+
+// waitReady waits for flylocal's ready line and returns the edge's URL.
+func (d *devRun) waitReady(t *testing.T) string {
+	t.Helper()
+	select {
+	case url := <-d.out.ready:
+		t.Logf("ready at %s after %s", url, time.Since(d.start).Round(time.Millisecond))
+		return url
+	case <-d.exited:
+		t.Fatalf("exited before flylocal was ready: %v", d.err)
+	case <-time.After(devStartTimeout):
+		t.Fatalf("flylocal not ready %s after the start", devStartTimeout)
+	}
+	return ""
+}
+
+// stop sends sig to the run (to its whole process group if group, as Ctrl-C in a terminal does), waits for it to
+// exit and checks that every process it started is gone: it returns only after flylocal stopped its machines and
+// Postgres stopped.
+func (d *devRun) stop(t *testing.T, sig syscall.Signal, group bool) {
+	t.Helper()
+	pid := d.cmd.Process.Pid
+	if group {
+		pid = -pid
+	}
 	stopped := time.Now()
-	if err := stop(cmd.Process.Pid); err != nil {
+	if err := syscall.Kill(pid, sig); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-exited:
+	case <-d.exited:
 	case <-time.After(devStopTimeout):
-		t.Fatalf("scripts/dev still running %s after the stop signal", devStopTimeout)
+		t.Fatalf("still running %s after %v", devStopTimeout, sig)
 	}
-	t.Logf("scripts/dev stopped after %s (%v)", time.Since(stopped).Round(time.Millisecond), exitErr)
-	// The script returns only after flylocal stopped its machines and Postgres stopped: nothing may remain.
-	if left := markedProcs(marker); len(left) > 0 {
-		t.Fatalf("processes still running after scripts/dev exited:\n%s", formatProcs(left))
+	t.Logf("stopped after %s (%v)", time.Since(stopped).Round(time.Millisecond), d.err)
+	if left := markedProcs(d.marker); len(left) > 0 {
+		t.Fatalf("processes still running after the run exited:\n%s", formatProcs(left))
 	}
 }
 

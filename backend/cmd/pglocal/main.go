@@ -4,6 +4,12 @@
 //
 //	pglocal start -dir .dev/postgres -port 54329   # prints DATABASE_URL
 //	pglocal stop  -dir .dev/postgres
+//
+// A relative -dir is taken from the working directory. start on a cluster that
+// is already running prints its URL; stop on one that is not running does
+// nothing. start moves a cluster that an earlier version left nested in the
+// folder (.dev/postgres/.dev/postgres/data, when run as root) into place, and
+// says so on stderr.
 package main
 
 import (
@@ -11,8 +17,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spaceport-sync/spaceport/backend/pglocal"
@@ -27,17 +35,19 @@ const DefaultDatabase = "spaceport"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:]); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "ERROR:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, args []string) error {
+// run runs one command: the URL goes to stdout, notices to stderr.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return errors.New("usage: pglocal start|stop -dir DIR [-port PORT]")
 	}
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	dir := fs.String("dir", ".dev/postgres", "cluster folder (created on first start)")
 	port := fs.Int("port", DefaultPort, "TCP port on 127.0.0.1")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -50,12 +60,24 @@ func run(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
+		if from := c.MovedFrom(); from != "" {
+			fmt.Fprintf(stderr, "pglocal: found the database an earlier make dev put in %s by mistake; moved it to %s, data and all\n",
+				from, filepath.Join(c.Dir(), "data"))
+		}
 		// Creating the database again on later starts fails harmlessly.
 		_ = c.CreateDatabase(ctx, DefaultDatabase)
-		fmt.Println(c.URL(DefaultDatabase))
+		fmt.Fprintln(stdout, c.URL(DefaultDatabase))
 		return nil
 	case "stop":
-		return pglocal.Open(cfg).Stop(ctx)
+		c, err := pglocal.Open(cfg)
+		if err != nil {
+			return err
+		}
+		running, err := c.Running(ctx)
+		if err != nil || !running {
+			return err
+		}
+		return c.Stop(ctx)
 	default:
 		return fmt.Errorf("unknown command %q (start or stop)", args[0])
 	}
