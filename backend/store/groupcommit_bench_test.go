@@ -19,7 +19,7 @@ import (
 // figures that include the WAL flush; otherwise the test cluster (fsync off)
 // is used.
 func BenchmarkCommit(b *testing.B) {
-	for _, spaces := range []int{1, 10, 100, 500} {
+	for _, spaces := range []int{1, 10, 100, 500, 2000} {
 		for _, group := range []int{1, DefaultMaxGroupSpaces} {
 			b.Run(fmt.Sprintf("spaces=%d/group=%d", spaces, group), func(b *testing.B) {
 				benchCommit(b, spaces, Config{MaxGroupSpaces: group})

@@ -185,6 +185,23 @@ func writeCommitSettings(w *strings.Builder, r *results) {
 }
 
 func writeClusters(w *strings.Builder, r *results) {
+	if lines := r.gobench["store-bench"]; len(lines) > 0 {
+		w.WriteString("### The store alone\n\n")
+		w.WriteString("`BenchmarkCommit` (`backend/store`): N spaces in one process, each committing a one-entry batch (one client's\n")
+		w.WriteString("lastMutationID, one key) as soon as its last commit returned, against the durable cluster: what Postgres and the\n")
+		w.WriteString("commit path take without sockets, mutators or clients. `group=1` commits every batch alone.\n\n")
+		w.WriteString("| spaces | group commit | commits/s | µs per commit |\n|---|---|---|---|\n")
+		for _, b := range lines {
+			name := strings.TrimPrefix(b.name, "BenchmarkCommit/")
+			spaces, group, _ := strings.Cut(name, "/")
+			mode := "on"
+			if group == "group=1" {
+				mode = "off (alone)"
+			}
+			fmt.Fprintf(w, "| %s | %s | **%s** | %s |\n", strings.TrimPrefix(spaces, "spaces="), mode, num(b.metrics["commits/s"]), num(b.metrics["ns/op"]/1000))
+		}
+		r.commandsOf(w, "store-bench")
+	}
 	lines := r.gobench["clusters-bench"]
 	if len(lines) == 0 {
 		return
