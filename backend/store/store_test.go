@@ -15,6 +15,7 @@ import (
 
 	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 	"github.com/spaceport-sync/spaceport/backend/store"
+	"github.com/spaceport-sync/spaceport/backend/store/storetest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -23,16 +24,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // through which the tests read what Postgres holds.
 func openStore(t *testing.T) (*store.Store, *pgxpool.Pool) {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), pgtest.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	st, err := store.Open(context.Background(), pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st, pool
+	return storetest.Open(t, pgtest.NewDatabase(t))
 }
 
 func testCtx(t *testing.T) context.Context {

@@ -14,9 +14,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/spaceport-sync/spaceport/backend/mutator"
+	"github.com/spaceport-sync/spaceport/backend/mutator/mutatortest"
 	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 	"github.com/spaceport-sync/spaceport/backend/space"
 	"github.com/spaceport-sync/spaceport/backend/store"
+	"github.com/spaceport-sync/spaceport/backend/store/storetest"
 	"github.com/spaceport-sync/spaceport/backend/syncclient"
 	"github.com/spaceport-sync/spaceport/backend/todoapp"
 	"github.com/spaceport-sync/spaceport/backend/wsserver"
@@ -57,28 +59,10 @@ func (w *testWriter) Write(p []byte) (int, error) {
 
 func startBackend(t testing.TB, dbURL, name string, opts backendOpts) *backend {
 	t.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(ctx, pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, pool := storetest.Open(t, dbURL)
 	reg := mutator.NewRegistry()
 	todoapp.Register(reg)
-	reg.Register("panic", func(mutator.Tx, json.RawMessage) error { panic("boom") })
-	reg.Register("putRaw", func(tx mutator.Tx, args json.RawMessage) error {
-		a, err := mutator.DecodeArgs[struct {
-			Key   string          `json:"key"`
-			Value json.RawMessage `json:"value"`
-		}](args)
-		if err != nil {
-			return err
-		}
-		return tx.Put(a.Key, a.Value)
-	})
+	mutatortest.Register(reg)
 	log := quietLogger(t)
 	opts.space.Owner, opts.space.Logger = name, log
 	opts.ws.MachineID, opts.ws.Region, opts.ws.Logger = name, "test", log
