@@ -1,7 +1,6 @@
 package space_test
 
 import (
-	"context"
 	"maps"
 	"slices"
 	"testing"
@@ -9,6 +8,7 @@ import (
 
 	"github.com/spaceport-sync/spaceport/backend/protocol"
 	"github.com/spaceport-sync/spaceport/backend/space"
+	"github.com/spaceport-sync/spaceport/backend/store/storetest"
 )
 
 // writeHistory commits, as client c of space s: v1 a=1 b=2, v2 c=3, v3 delete
@@ -122,9 +122,7 @@ func TestPoke_BelowTheTombstoneHorizonIsAFullResync(t *testing.T) {
 	e.m.Leave(s, p)
 	e.waitUnloaded(t)
 	// The tombstone of a is an hour old: the next load collects it.
-	if _, err := e.pool.Exec(context.Background(), `UPDATE replica_entries SET updated_at = now() - interval '1 hour' WHERE deleted`); err != nil {
-		t.Fatal(err)
-	}
+	storetest.Age(t, e.pool, "s", time.Hour)
 
 	s, _ = e.join(t, "s")
 	for base, want := range map[int64][]string{

@@ -207,20 +207,13 @@ func isPushed(frame string) bool {
 // value reads key of spaceID from Postgres ("" if absent or deleted).
 func (e *engine) value(t *testing.T, spaceID, key string) string {
 	t.Helper()
-	var v *string
-	err := e.pool.QueryRow(context.Background(), `SELECT value::text FROM replica_entries WHERE space_id = $1 AND key = $2`, spaceID, key).Scan(&v)
-	if err != nil || v == nil {
-		return ""
-	}
-	return *v
+	return storetest.Value(t, e.pool, spaceID, key)
 }
 
 // lmid reads a client's last_mutation_id from Postgres (0 if it has none).
 func (e *engine) lmid(t *testing.T, spaceID, clientID string) int64 {
 	t.Helper()
-	var n int64
-	_ = e.pool.QueryRow(context.Background(), `SELECT last_mutation_id FROM replica_clients WHERE space_id = $1 AND id = $2`, spaceID, clientID).Scan(&n)
-	return n
+	return storetest.LMID(t, e.pool, spaceID, clientID)
 }
 
 // poke is a decoded `poke` frame.

@@ -357,18 +357,6 @@ func loaded(snap *store.Snapshot, key string) string {
 	return ""
 }
 
-// agePostgres makes a space's tombstones and client groups an hour old.
-func agePostgres(t *testing.T, pool *pgxpool.Pool, spaceID string) {
-	t.Helper()
-	ctx := testCtx(t)
-	if _, err := pool.Exec(ctx, `UPDATE replica_entries SET updated_at = now() - interval '1 hour' WHERE space_id = $1`, spaceID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, `UPDATE replica_client_groups SET last_seen = now() - interval '1 hour' WHERE space_id = $1`, spaceID); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // Garbage collection removes tombstones and forgets client groups older than
 // their TTLs (and only those), raises the horizon to the newest tombstone it
 // removed, and keeps live entries.
@@ -382,7 +370,7 @@ func TestCollectGarbage_RemovesOnlyWhatIsOlderThanItsTTL(t *testing.T) {
 	})
 	commit(t, st, "s", e, &store.Batch{Version: 2, Entries: []store.Entry{{Key: "old1", Deleted: true}}})
 	commit(t, st, "s", e, &store.Batch{Version: 3, Entries: []store.Entry{{Key: "old2", Deleted: true}}})
-	agePostgres(t, pool, "s")
+	storetest.Age(t, pool, "s", time.Hour)
 	// Written after the aging: young.
 	commit(t, st, "s", e, &store.Batch{Version: 4,
 		Entries: []store.Entry{put("young", `1`)},
@@ -437,7 +425,7 @@ func TestCollectGarbage_OffAndFenced(t *testing.T) {
 		Clients: []store.Client{{ID: "c", GroupID: "g", LastMutationID: 1}},
 		Groups:  []store.Group{{ID: "g", UserID: "u"}},
 	})
-	agePostgres(t, pool, "s")
+	storetest.Age(t, pool, "s", time.Hour)
 	before := read(t, pool, "s")
 	if g, err := st.CollectGarbage(testCtx(t), "s", e, 0, 0); err != nil || len(g.Tombstones)+len(g.ForgottenGroups) != 0 {
 		t.Fatalf("GC with both TTLs off = %+v, %v; want nothing", g, err)
