@@ -167,3 +167,27 @@ func keys(s *syncclient.State) []string {
 }
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+// waitUntil polls cond until it holds, failing the test after a generous
+// deadline.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitClosed waits until the server closed c, failing the test after a
+// generous deadline.
+func waitClosed(t testing.TB, c *syncclient.Client) {
+	t.Helper()
+	select {
+	case <-c.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("connection not closed")
+	}
+}
