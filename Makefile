@@ -2,7 +2,7 @@
 SHELL := /usr/bin/env bash
 GO_PKGS := ./backend/... ./router/... ./fly/...
 
-.PHONY: test test-go test-frontend fuzz vet dev bench e2e fmt frontend
+.PHONY: test test-go test-frontend fuzz fuzz-long vet dev bench e2e fmt frontend
 
 ## test: every test, as CI runs it (real Postgres, real WebSockets, race detector).
 test: vet test-go fuzz test-frontend e2e
@@ -21,6 +21,12 @@ fuzz:
 	go test -run=^$$ -fuzz=FuzzVerify -fuzztime=$(FUZZTIME) ./backend/auth
 	go test -run=^$$ -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./fly/replay
 	go test -run=^$$ -fuzz=FuzzDecodePoke -fuzztime=$(FUZZTIME) ./backend/syncclient
+
+## fuzz-long: the same targets for longer (FUZZTIME_LONG each), to run by hand; `make test` keeps the short run.
+## New failing inputs land in each package's testdata/fuzz/: commit them with the fix.
+FUZZTIME_LONG ?= 5m
+fuzz-long:
+	$(MAKE) fuzz FUZZTIME=$(FUZZTIME_LONG)
 
 frontend/node_modules: frontend/package-lock.json
 	cd frontend && npm ci --no-audit --no-fund

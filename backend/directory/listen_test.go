@@ -131,12 +131,30 @@ func TestListen_ReconnectResets(t *testing.T) {
 func TestListen_SilentConnectionIsChecked(t *testing.T) {
 	// With a tiny ping interval the listener times out its wait again and
 	// again; it must keep its connection (no reset) and keep delivering.
-	d, _ := newDirectory(t, directory.Config{ListenPingInterval: 5 * time.Millisecond})
+	d, pool := newDirectory(t, directory.Config{ListenPingInterval: 5 * time.Millisecond})
 	register(t, d, "m1")
 	l := startListener(t, d)
 	l.waitReset(t)
+	// pinged is when the listener's connection last began a ping (zero
+	// before the first).
+	pinged := func() time.Time {
+		var at *time.Time
+		err := pool.QueryRow(context.Background(), `SELECT max(query_start) FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = $1 AND query = '-- ping'`, directory.ListenApplicationName).Scan(&at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if at == nil {
+			return time.Time{}
+		}
+		return *at
+	}
 	for i := range 3 {
-		time.Sleep(20 * time.Millisecond) // let several wait timeouts and pings pass
+		// Let a few wait timeouts and their pings pass.
+		for range 3 {
+			last := pinged()
+			waitFor(t, "the silent listener to ping", func() bool { return pinged().After(last) })
+		}
 		id := string(rune('a' + i))
 		create(t, d, id)
 		l.waitChange(t, id)

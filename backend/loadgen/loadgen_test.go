@@ -9,14 +9,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/spaceport-sync/spaceport/backend/auth"
 	"github.com/spaceport-sync/spaceport/backend/loadgen"
 	"github.com/spaceport-sync/spaceport/backend/mutator"
 	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 	"github.com/spaceport-sync/spaceport/backend/space"
-	"github.com/spaceport-sync/spaceport/backend/store"
+	"github.com/spaceport-sync/spaceport/backend/store/storetest"
 	"github.com/spaceport-sync/spaceport/backend/syncclient"
 	"github.com/spaceport-sync/spaceport/backend/todoapp"
 	"github.com/spaceport-sync/spaceport/backend/wsserver"
@@ -32,22 +30,14 @@ const testSecret = "loadgen-test-secret-loadgen-test-secret"
 // withAuth it checks tokens signed with testSecret.
 func startBackend(t *testing.T, withAuth bool) string {
 	t.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	st, err := store.Open(ctx, pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, _ := storetest.Open(t, pgtest.NewDatabase(t))
 	reg := mutator.NewRegistry()
 	todoapp.Register(reg)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	spaces := space.NewManager(space.Config{Owner: "m1", Logger: log}, st, reg)
 	cfg := wsserver.Config{MachineID: "m1", Logger: log}
 	if withAuth {
+		var err error
 		if cfg.Auth, err = auth.NewKeys(testSecret); err != nil {
 			t.Fatal(err)
 		}

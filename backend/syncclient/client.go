@@ -51,6 +51,10 @@ type Options struct {
 	// operations (which the callee must not keep or modify past the call).
 	// It must not block: the next frame waits for it. Zero value: no call.
 	OnPoke func(p Poke, patch []PatchOp)
+	// OnPing, when set, is called from the client's reader goroutine for
+	// each WebSocket ping the server sends, before the client answers it.
+	// It must not block. Zero value: no call.
+	OnPing func()
 	// DiscardPokes stops the client from keeping every applied poke for
 	// Pokes (a long load run would keep them all); WaitPokes still counts
 	// them. Zero value keeps them.
@@ -144,7 +148,11 @@ func Dial(ctx context.Context, url string, o Options) (*Client, error) {
 		}
 		url += sep + "token=" + neturl.QueryEscape(o.Token)
 	}
-	ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: o.Header})
+	dopts := &websocket.DialOptions{HTTPHeader: o.Header}
+	if o.OnPing != nil {
+		dopts.OnPingReceived = func(context.Context, []byte) bool { o.OnPing(); return true }
+	}
+	ws, resp, err := websocket.Dial(ctx, url, dopts)
 	if err != nil {
 		if resp != nil {
 			return nil, fmt.Errorf("dial %s: status %d: %w", url, resp.StatusCode, err)

@@ -14,9 +14,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/spaceport-sync/spaceport/backend/mutator"
+	"github.com/spaceport-sync/spaceport/backend/mutator/mutatortest"
 	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 	"github.com/spaceport-sync/spaceport/backend/space"
 	"github.com/spaceport-sync/spaceport/backend/store"
+	"github.com/spaceport-sync/spaceport/backend/store/storetest"
 	"github.com/spaceport-sync/spaceport/backend/syncclient"
 	"github.com/spaceport-sync/spaceport/backend/todoapp"
 	"github.com/spaceport-sync/spaceport/backend/wsserver"
@@ -57,28 +59,10 @@ func (w *testWriter) Write(p []byte) (int, error) {
 
 func startBackend(t testing.TB, dbURL, name string, opts backendOpts) *backend {
 	t.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(ctx, pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, pool := storetest.Open(t, dbURL)
 	reg := mutator.NewRegistry()
 	todoapp.Register(reg)
-	reg.Register("panic", func(mutator.Tx, json.RawMessage) error { panic("boom") })
-	reg.Register("putRaw", func(tx mutator.Tx, args json.RawMessage) error {
-		a, err := mutator.DecodeArgs[struct {
-			Key   string          `json:"key"`
-			Value json.RawMessage `json:"value"`
-		}](args)
-		if err != nil {
-			return err
-		}
-		return tx.Put(a.Key, a.Value)
-	})
+	mutatortest.Register(reg)
 	log := quietLogger(t)
 	opts.space.Owner, opts.space.Logger = name, log
 	opts.ws.MachineID, opts.ws.Region, opts.ws.Logger = name, "test", log
@@ -183,3 +167,27 @@ func keys(s *syncclient.State) []string {
 }
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+// waitUntil polls cond until it holds, failing the test after a generous
+// deadline.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitClosed waits until the server closed c, failing the test after a
+// generous deadline.
+func waitClosed(t testing.TB, c *syncclient.Client) {
+	t.Helper()
+	select {
+	case <-c.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("connection not closed")
+	}
+}

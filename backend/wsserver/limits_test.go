@@ -46,7 +46,7 @@ func TestLimit_PushRate(t *testing.T) {
 	}
 	_ = c.SendJSON(ctx, map[string]any{"type": "push", "id": "over", "body": map[string]any{
 		"pushVersion": 1, "schemaVersion": "1", "clientGroupID": c.ClientGroupID, "mutations": []any{}}})
-	<-c.Done()
+	waitClosed(t, c)
 	if got := c.CloseStatus(); got != 4029 {
 		t.Fatalf("flooding client closed with %d, want 4029", got)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/protocol"
 	"github.com/spaceport-sync/spaceport/backend/space"
 	"github.com/spaceport-sync/spaceport/backend/store"
+	"github.com/spaceport-sync/spaceport/backend/store/storetest"
 	"github.com/spaceport-sync/spaceport/backend/syncclient"
 )
 
@@ -183,14 +184,14 @@ func TestPull_ExplicitPullFromAnyCookie(t *testing.T) {
 
 func TestGC_ForgottenClientGroupGetsClientStateNotFound(t *testing.T) {
 	b := startBackend(t, pgtest.NewDatabase(t), "m1", backendOpts{space: space.Config{
-		GracePeriod: -1, ClientGroupTTL: time.Millisecond,
+		GracePeriod: -1, ClientGroupTTL: time.Minute,
 	}})
 	c := b.dial(t, "s", syncclient.Options{})
 	mustMutate(t, c, "increment", map[string]any{"key": "n", "delta": 1})
 	state, group, id := c.State(), c.ClientGroupID, c.ClientID
 	c.Close()
 	b.waitUnloaded(t)
-	time.Sleep(5 * time.Millisecond) // older than the TTL
+	storetest.Age(t, b.pool, "s", time.Hour) // older than the TTL
 
 	// Reloading the space collects garbage before it runs any push.
 	r := b.dial(t, "s", syncclient.Options{ClientGroupID: group, ClientID: id, State: state})
@@ -209,18 +210,12 @@ func TestGC_ForgottenClientGroupGetsClientStateNotFound(t *testing.T) {
 
 func (b *backend) waitUnloaded(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for b.spaces.Loaded() > 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("space never unloaded")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitUntil(t, "the space unloads", func() bool { return b.spaces.Loaded() == 0 })
 }
 
 func TestGC_CookieBelowTheTombstoneHorizonGetsAFullResync(t *testing.T) {
 	b := startBackend(t, pgtest.NewDatabase(t), "m1", backendOpts{space: space.Config{
-		GracePeriod: -1, TombstoneTTL: time.Millisecond,
+		GracePeriod: -1, TombstoneTTL: time.Minute,
 	}})
 	c := b.dial(t, "s", syncclient.Options{})
 	mustMutate(t, c, "createTodo", map[string]any{"id": "a", "text": "a"})
@@ -230,7 +225,7 @@ func TestGC_CookieBelowTheTombstoneHorizonGetsAFullResync(t *testing.T) {
 	after := c.State() // a client that saw it
 	c.Close()
 	b.waitUnloaded(t)
-	time.Sleep(5 * time.Millisecond)
+	storetest.Age(t, b.pool, "s", time.Hour) // the tombstone is older than the TTL
 
 	old := b.dial(t, "s", syncclient.Options{State: before})
 	if p := old.Pokes()[0]; !p.Cleared {
@@ -283,13 +278,18 @@ func TestFencing_OnlyTheNewestOwnerCommits(t *testing.T) {
 	if ans, err := c1.Push(ctx, m); err == nil {
 		t.Fatalf("push on the fenced machine was answered: %s", ans)
 	}
-	<-c1.Done()
+	waitClosed(t, c1)
 	if got := c1.CloseStatus(); got != 4004 {
 		t.Fatalf("fenced machine closed with %d, want 4004", got)
 	}
 	mustMutate(t, c2, "increment", map[string]any{"key": "n", "delta": 10})
 	if got := string(c2.State().Data["n"]); got != "11" {
 		t.Fatalf("n = %s, want 11 (the fenced push must not land)", got)
+	}
+	// Postgres agrees: the fenced mutation is not there, not even as c1's
+	// lastMutationID.
+	if got, lmid := storetest.Value(t, b2.pool, "s", "n"), storetest.LMID(t, b2.pool, "s", c1.ClientID); got != "11" || lmid != 1 {
+		t.Fatalf("Postgres holds n = %s and c1's lastMutationID %d, want 11 and 1", got, lmid)
 	}
 	var owner string
 	var epoch int64
@@ -319,13 +319,7 @@ func TestLoad_ABigSpaceDoesNotBlockOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	tx, err := b.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM replica_spaces WHERE id = 'big' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	lock := pgtest.HoldLock(t, db, `SELECT 1 FROM replica_spaces WHERE id = 'big' FOR UPDATE`)
 	bigDone := make(chan *syncclient.Client, 1)
 	go func() {
 		c, err := syncclient.Dial(ctx, b.url("big"), syncclient.Options{})
@@ -337,6 +331,7 @@ func TestLoad_ABigSpaceDoesNotBlockOthers(t *testing.T) {
 		_ = c.WaitPokes(ctx, 1)
 		bigDone <- c
 	}()
+	lock.WaitBlocked(t) // the big space's load waits for its row
 	small := b.dial(t, "small", syncclient.Options{})
 	mustMutate(t, small, "increment", map[string]any{"key": "n", "delta": 1})
 	select {
@@ -344,9 +339,7 @@ func TestLoad_ABigSpaceDoesNotBlockOthers(t *testing.T) {
 		t.Fatal("the big space loaded while its row was locked")
 	default:
 	}
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	lock.Release()
 	big := <-bigDone
 	if big == nil {
 		t.FailNow()

@@ -6,14 +6,17 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 	"github.com/spaceport-sync/spaceport/backend/protocol"
 	"github.com/spaceport-sync/spaceport/backend/space"
+	"github.com/spaceport-sync/spaceport/backend/store/storetest"
 	"github.com/spaceport-sync/spaceport/backend/syncclient"
 )
 
@@ -116,6 +119,9 @@ func TestSync_CounterNeverLosesOrDoublesAnIncrement(t *testing.T) {
 	if got := string(check.State().Data["counter"]); got != fmt.Sprint(clients*each) {
 		t.Fatalf("counter = %s, want %d", got, clients*each)
 	}
+	if got := storetest.Value(t, b.pool, "counter", "counter"); got != fmt.Sprint(clients*each) {
+		t.Fatalf("counter = %s in Postgres, want %d", got, clients*each)
+	}
 }
 
 func runIncrementer(b *backend, n, each int) error {
@@ -200,4 +206,121 @@ func TestSync_PokesArePacedAndLoseNothing(t *testing.T) {
 			pushing.Round(time.Millisecond), n, min(most, increments-1))
 	}
 	noErrors(t, a, c)
+}
+
+// The counter across dropped sockets, as Replicache lives through them: a
+// client pushes every mutation it has not seen confirmed (new ones and
+// older ones alike), and its socket drops at any point, before the answer,
+// after the ack or after the confirmation. It reconnects with the replica
+// it has and re-sends all that the replica does not show confirmed, which
+// the server may have committed, may be committing, or may never have got.
+// Every increment counts exactly once, as Postgres shows.
+func TestSync_CounterAcrossDroppedSocketsWithUnconfirmedResends(t *testing.T) {
+	const clients, each = 10, 40
+	b := startBackend(t, pgtest.NewDatabase(t), "m1", backendOpts{})
+	var wg sync.WaitGroup
+	var resent atomic.Int64
+	errs := make(chan error, clients)
+	for i := range clients {
+		wg.Go(func() {
+			n, err := runDropper(b, i, each)
+			resent.Add(int64(n))
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A socket dropped with a push unanswered leaves its mutations
+	// unconfirmed in the client's replica: the next connection re-sends them.
+	if resent.Load() == 0 {
+		t.Fatal("no client ever re-sent unconfirmed mutations after a reconnect")
+	}
+	t.Logf("%d reconnects re-sent unconfirmed mutations", resent.Load())
+	if got := storetest.Value(t, b.pool, "dropped", "counter"); got != fmt.Sprint(clients*each) {
+		t.Fatalf("counter = %s in Postgres, want %d", got, clients*each)
+	}
+	for i := range clients {
+		if lmid := storetest.LMID(t, b.pool, "dropped", fmt.Sprint("c-", i)); lmid != each {
+			t.Fatalf("client %d: last_mutation_id %d in Postgres, want %d", i, lmid, each)
+		}
+	}
+}
+
+// runDropper is client n of TestSync_CounterAcrossDroppedSocketsWithUnconfirmedResends. It returns how many
+// of its connections began by re-sending unconfirmed mutations.
+func runDropper(b *backend, n, each int) (resends int, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rng := rand.New(rand.NewPCG(uint64(n), 11))
+	group, id := fmt.Sprint("cg-", n), fmt.Sprint("c-", n)
+	var state *syncclient.State
+	var pending []protocol.Mutation // made and not seen confirmed
+	next, made := int64(1), 0
+	for {
+		c, err := syncclient.Dial(ctx, b.url("dropped"), syncclient.Options{ClientGroupID: group, ClientID: id, State: state, NextMutationID: next})
+		if err != nil {
+			return resends, err
+		}
+		confirmed := func() {
+			lmid := c.State().LMIDs[id]
+			for len(pending) > 0 && pending[0].ID <= lmid {
+				pending = pending[1:]
+			}
+		}
+		confirmed()
+		if made == each && len(pending) == 0 {
+			c.Close()
+			return resends, nil
+		}
+		if len(pending) > 0 {
+			resends++ // the first push below re-sends them, at once, as Replicache does
+		}
+		// A few pushes on this socket, each carrying everything unconfirmed
+		// and at most one new mutation.
+		var answer <-chan error
+		for k := 0; k < 1+rng.IntN(4); k++ {
+			if made < each {
+				m := c.Mutation("increment", map[string]any{"key": "counter", "delta": 1})
+				next, made = m.ID+1, made+1
+				pending = append(pending, m)
+			}
+			if len(pending) == 0 {
+				break
+			}
+			done := make(chan error, 1)
+			go func(ms []protocol.Mutation) {
+				_, err := c.Push(ctx, ms...)
+				done <- err
+			}(slices.Clone(pending))
+			answer = done
+			if rng.IntN(3) > 0 {
+				// Wait for the ack before the next push (or the drop).
+				if err := <-answer; err != nil {
+					return resends, fmt.Errorf("client %d: push: %w", n, err)
+				}
+				answer = nil
+			}
+		}
+		// Then the socket drops: with a push unanswered, after its ack, or
+		// after its confirmation.
+		if answer == nil && rng.IntN(2) == 0 {
+			if err := c.WaitLMID(ctx, next-1); err != nil {
+				return resends, fmt.Errorf("client %d: %w", n, err)
+			}
+		}
+		confirmed()
+		state = c.State()
+		if errs := c.Errors(); len(errs) > 0 {
+			return resends, fmt.Errorf("client %d: %v", n, errs)
+		}
+		c.Kill()
+		if answer != nil {
+			<-answer // answered, or failed with the socket
+		}
+	}
 }

@@ -322,33 +322,81 @@ func processAlive(pid int) bool {
 }
 
 // TestStartWhileStopping: a start asked of a machine that is still stopping (an autostart racing an idle stop)
-// waits for the stop to finish, then starts it again.
+// waits for the stop to finish, then starts it again. The machine ignores SIGTERM and its kill timeout is an hour,
+// so it stays stopping until the test kills its process: no window to catch.
 func TestStartWhileStopping(t *testing.T) {
-	ts := openServer(t, testConfig(t, stubbornApp(500*time.Millisecond)))
+	ts := openServer(t, testConfig(t, stubbornApp(time.Hour)))
 	m := ts.machines(t, "stubborn", 1)[0]
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
+	first := ts.echo(t, http.MethodGet, "/", nil, nil)
 
 	stopped := make(chan error, 1)
 	go func() { stopped <- ts.Supervisor.Stop(ctx, m.ID) }()
-	for {
-		st, _ := ts.Supervisor.State(m.ID)
-		if st == flylocal.StateStopping {
-			break
-		}
-		if st != flylocal.StateStarted {
-			t.Fatalf("state %s, want stopping", st)
-		}
-		time.Sleep(5 * time.Millisecond)
+	ts.waitState(t, m.ID, flylocal.StateStopping)
+	started := make(chan error, 1)
+	go func() { started <- ts.Supervisor.Start(ctx, m.ID) }()
+	waitFor(t, "Start to wait for the stop to finish, or return", func() bool {
+		return len(started) > 0 || waitingIn("flylocal.(*Supervisor).Start(")
+	})
+	select {
+	case err := <-started:
+		t.Fatalf("Start returned while the machine was stopping: %v", err)
+	default:
 	}
-	if err := ts.Supervisor.Start(ctx, m.ID); err != nil {
-		t.Fatalf("Start while stopping: %v", err)
+	if err := syscall.Kill(first.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
 	}
 	if err := <-stopped; err != nil {
 		t.Fatal(err)
 	}
+	if err := <-started; err != nil {
+		t.Fatalf("Start while stopping: %v", err)
+	}
 	if st, _ := ts.Supervisor.State(m.ID); st != flylocal.StateStarted {
 		t.Fatalf("state %s after the start, want started", st)
 	}
-	ts.echo(t, http.MethodGet, "/", nil, nil)
+	e := ts.echo(t, http.MethodGet, "/", nil, nil)
+	if e.Pid == first.Pid {
+		t.Fatalf("served by pid %d, the process that was killed", e.Pid)
+	}
+	stopStubborn(t, ts, m.ID, e.Pid)
+}
+
+// stopStubborn stops machine id, whose process pid ignores SIGTERM, by killing the process once it is stopping,
+// so that the test does not wait for its kill timeout.
+func stopStubborn(t *testing.T, ts *testServer, id string, pid int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- ts.Supervisor.Stop(ctx, id) }()
+	ts.waitState(t, id, flylocal.StateStopping)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitingIn reports whether a goroutine is blocked in a select inside function fn (as it appears in a stack
+// trace, e.g. "pkg.(*T).M("): a call that has reached its wait.
+func waitingIn(fn string) bool {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		header, _, _ := strings.Cut(g, "\n")
+		if strings.Contains(header, "[select") && strings.Contains(g, fn) {
+			return true
+		}
+	}
+	return false
 }

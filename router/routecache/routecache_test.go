@@ -173,13 +173,7 @@ func TestLookup_Coalesced(t *testing.T) {
 		}()
 	}
 	// Hold the one read until every caller has joined it.
-	deadline := time.Now().Add(10 * time.Second)
-	for c.Stats().Misses < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d callers missed", c.Stats().Misses, n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitMisses(t, c, n)
 	close(gate)
 	wg.Wait()
 	close(errs)
@@ -206,9 +200,7 @@ func TestLookup_CallerGivesUpReadGoesOn(t *testing.T) {
 	go func() { _, err := c.Lookup(ctx, "s1"); first <- err }()
 	second := make(chan error, 1)
 	go func() { _, err := c.Lookup(context.Background(), "s1"); second <- err }()
-	for c.Stats().Misses < 2 {
-		time.Sleep(time.Millisecond)
-	}
+	waitMisses(t, c, 2)
 	cancel()
 	if err := <-first; !errors.Is(err, context.Canceled) {
 		t.Fatalf("canceled caller got %v, want context.Canceled", err)
@@ -256,9 +248,7 @@ func TestEvict_DuringRead(t *testing.T) {
 	f.gate = gate
 	done := make(chan struct{})
 	go func() { defer close(done); _, _ = c.Lookup(context.Background(), "s1") }()
-	for c.Stats().Misses < 1 {
-		time.Sleep(time.Millisecond)
-	}
+	waitMisses(t, c, 1)
 	c.Evict("s1") // the move is announced while the read is in flight
 	f.mu.Lock()
 	f.gate = nil
@@ -306,9 +296,7 @@ func TestPurge_DuringRead(t *testing.T) {
 	f.gate = gate
 	done := make(chan struct{})
 	go func() { defer close(done); _, _ = c.Lookup(context.Background(), "s1") }()
-	for c.Stats().Misses < 1 {
-		time.Sleep(time.Millisecond)
-	}
+	waitMisses(t, c, 1)
 	c.Purge()
 	f.mu.Lock()
 	f.gate = nil
@@ -320,4 +308,17 @@ func TestPurge_DuringRead(t *testing.T) {
 	}
 	f.set("s1", "m2")
 	mustLookup(t, c, "s1", "m2")
+}
+
+// waitMisses waits until the cache has counted n misses (callers that went to
+// the directory), failing the test after a generous deadline.
+func waitMisses(t *testing.T, c *Cache, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for c.Stats().Misses < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d callers missed", c.Stats().Misses, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

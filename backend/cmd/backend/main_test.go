@@ -165,7 +165,7 @@ func TestShutdown_SIGTERMClosesWith1001AndExitsZero(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	<-c.Done()
+	waitClosed(t, c, 30*time.Second)
 	if got := c.CloseStatus(); got != 1001 {
 		t.Fatalf("close status %d, want 1001", got)
 	}
@@ -181,10 +181,12 @@ func TestShutdown_SIGTERMClosesWith1001AndExitsZero(t *testing.T) {
 
 // With the directory on, the backend registers itself, serves only the
 // spaces assigned to it, and lets go of a space (4004) as soon as it is moved.
+// The periodic recheck is an hour away, so only the directory's NOTIFY can
+// tell the backend of the move in time.
 func TestDirectory_ServesOnlyAssignedSpacesAndLetsGoOnMove(t *testing.T) {
 	db := pgtest.NewDatabase(t)
 	const me = "aaaaaaaaaaaaaa"
-	p := startProc(t, db, 0, "FLY_MACHINE_ID="+me, "FLY_APP_NAME=spaceport-backend", "DIRECTORY_CHECK=true")
+	p := startProc(t, db, 0, "FLY_MACHINE_ID="+me, "FLY_APP_NAME=spaceport-backend", "DIRECTORY_CHECK=true", "RECHECK_INTERVAL=1h")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	pool, err := pgxpool.New(ctx, db)
@@ -215,7 +217,7 @@ func TestDirectory_ServesOnlyAssignedSpacesAndLetsGoOnMove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	<-c.Done()
+	waitClosed(t, c, 30*time.Second)
 	if got := c.CloseStatus(); got != 4004 {
 		t.Fatalf("space of another machine: close %d, want 4004", got)
 	}
@@ -225,6 +227,10 @@ func TestDirectory_ServesOnlyAssignedSpacesAndLetsGoOnMove(t *testing.T) {
 	}
 
 	// Its own space is served; moving it away closes the client with 4004.
+	// The backend listens before the space loads, so the NOTIFY of the move
+	// is what it hears (a LISTEN set up after the move would recheck every
+	// loaded space instead).
+	waitListening(t, pool)
 	m, err := syncclient.Dial(ctx, p.url("mine"), syncclient.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -235,12 +241,40 @@ func TestDirectory_ServesOnlyAssignedSpacesAndLetsGoOnMove(t *testing.T) {
 	if _, err := dir.MoveSpace(ctx, "mine", other.ID); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-m.Done():
-	case <-ctx.Done():
-		t.Fatal("moved space still served")
-	}
+	waitClosed(t, m, 30*time.Second)
 	if got := m.CloseStatus(); got != 4004 {
 		t.Fatalf("after move: close %d, want 4004", got)
+	}
+}
+
+// waitListening waits until a backend's directory listener has run LISTEN (its
+// connection has run a query: LISTEN, then pings) on the database of pool.
+func waitListening(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = $1 AND query <> ''`, directory.ListenApplicationName).Scan(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the backend never listened to the directory")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitClosed waits up to within for the server to close c.
+func waitClosed(t *testing.T, c *syncclient.Client, within time.Duration) {
+	t.Helper()
+	select {
+	case <-c.Done():
+	case <-time.After(within):
+		t.Fatalf("connection not closed within %s", within)
 	}
 }

@@ -11,13 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/spaceport-sync/spaceport/backend/loadgen"
 	"github.com/spaceport-sync/spaceport/backend/mutator"
 	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 	"github.com/spaceport-sync/spaceport/backend/space"
-	"github.com/spaceport-sync/spaceport/backend/store"
+	"github.com/spaceport-sync/spaceport/backend/store/storetest"
 	"github.com/spaceport-sync/spaceport/backend/todoapp"
 	"github.com/spaceport-sync/spaceport/backend/wsserver"
 )
@@ -26,16 +24,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 
 func startBackend(t *testing.T) string {
 	t.Helper()
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, pgtest.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	st, err := store.Open(ctx, pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, _ := storetest.Open(t, pgtest.NewDatabase(t))
 	reg := mutator.NewRegistry()
 	todoapp.Register(reg)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
