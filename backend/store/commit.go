@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // commitSQL writes the batches of one or more spaces in a single statement,
-// so that a commit is one round trip and one transaction whatever the number
+// so that a commit is one statement and one transaction whatever the number
 // of spaces. Fencing is per space: l locks each space row, u advances only
 // the rows whose epoch is still the committer's, and every write joins u, so a
 // fenced space writes nothing while the others commit. The final SELECT tells
@@ -151,8 +154,12 @@ func (s *Store) write(ctx context.Context, reqs []*commitReq, wait bool) {
 	}
 }
 
-// exec runs commitSQL once, calling row for each space row it locked. Its
-// error wraps ErrCommitUnknown when the statement may have committed.
+// exec runs commitSQL once in a transaction of its own, calling row for each
+// space row it locked. BEGIN and the statement go in one round trip, COMMIT
+// in a second: an explicit transaction, so that a failure or a timeout
+// before COMMIT (a statement waiting for a lock, say) is known to have
+// written nothing. Its error wraps ErrCommitUnknown only when COMMIT itself
+// was sent and not answered.
 func (s *Store) exec(ctx context.Context, wait bool, a *commitArgs, row func(id string, epoch int64)) error {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
@@ -163,44 +170,54 @@ func (s *Store) exec(ctx context.Context, wait bool, a *commitArgs, row func(id 
 	if wait {
 		q = commitWaitSQL
 	}
-	rows, err := conn.Query(ctx, q, a.ids, a.epochs, a.versions,
+	batch := &pgx.Batch{}
+	batch.Queue("BEGIN")
+	batch.Queue(q, a.ids, a.epochs, a.versions,
 		a.eSpace, a.eKey, a.eValue, a.eDeleted,
 		a.gSpace, a.gID, a.gUser,
-		a.cSpace, a.cID, a.cGroup, a.cLMID)
-	if err == nil {
+		a.cSpace, a.cID, a.cGroup, a.cLMID).Query(func(rows pgx.Rows) error {
 		var id string
 		var epoch int64
-		for rows.Next() {
-			if err = rows.Scan(&id, &epoch); err != nil {
-				break
-			}
+		_, err := pgx.ForEachRow(rows, []any{&id, &epoch}, func() error {
 			row(id, epoch)
-		}
-		rows.Close()
-		if err == nil {
-			// The implicit transaction commits at the statement's Sync; an
-			// error there (or a connection lost before ReadyForQuery) is
-			// only known here.
-			err = rows.Err()
-		}
-	}
-	if err == nil {
-		return nil
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) || pgconn.SafeToRetry(err) {
-		// The server answered with an error (it rolled back), or the
-		// statement never left: nothing was written.
+			return nil
+		})
+		return err
+	})
+	if err := conn.SendBatch(ctx, batch).Close(); err != nil {
+		// Nothing was committed: the transaction, if it began, ends with
+		// the connection or with this ROLLBACK.
+		rollback(conn)
 		return err
 	}
-	return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
+	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) || pgconn.SafeToRetry(err) {
+			// The server answered (it rolled back), or COMMIT never left.
+			rollback(conn)
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
+	}
+	return nil
+}
+
+// rollback ends a failed transaction so the connection goes back to the pool
+// idle; if that fails too, the connection is closed, which the pool then
+// drops (and Postgres rolls back).
+func rollback(conn *pgxpool.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if _, err := conn.Exec(ctx, "ROLLBACK"); err != nil {
+		_ = conn.Conn().Close(ctx)
+	}
 }
 
 // Commit writes a batch at b.Version if epoch still owns the space. It
 // returns ErrFenced if another owner claimed it, an error wrapping
 // ErrCommitUnknown if the outcome is unknown (the connection failed while
-// the statement was in flight: the caller must reload the space), and any
-// other error when nothing was written.
+// COMMIT was in flight: the caller must reload the space), and any other
+// error when nothing was written.
 //
 // Concurrent calls for different spaces are committed together (group commit
 // across spaces, Config.MaxGroupSpaces); Commit returns only once the

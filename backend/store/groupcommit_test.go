@@ -14,8 +14,6 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/pglocal/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
-
 // wait is the deadline of every condition these tests wait for: generous,
 // because a busy machine is slow, and never the thing under test.
 const wait = 60 * time.Second
