@@ -9,7 +9,9 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/space"
 )
 
-// assigner answers the engine's "is this space ours?" from the directory.
+// assigner answers the engine's "is this space ours?" from the directory: a
+// space is ours when the directory places it on this machine and it is not
+// being moved between clusters.
 type assigner struct {
 	dir       *directory.Directory
 	machineID string
@@ -24,6 +26,8 @@ func (a assigner) Assigned(ctx context.Context, spaceID string) error {
 		return err
 	case sp.Machine != a.machineID:
 		return fmt.Errorf("space %s belongs to machine %s: %w", spaceID, sp.Machine, space.ErrMoved)
+	case sp.MovingTo != "":
+		return fmt.Errorf("space %s is moving from cluster %s to %s: %w", spaceID, sp.Cluster, sp.MovingTo, space.ErrMoving)
 	}
 	return nil
 }
