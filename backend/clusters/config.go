@@ -3,6 +3,7 @@ package clusters
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -53,6 +54,33 @@ func Parse(v string) ([]Cluster, error) {
 	for _, c := range out {
 		if _, err := poolConfig(c, ""); err != nil {
 			return nil, fmt.Errorf("%s: %w", EnvVar, err)
+		}
+	}
+	return out, nil
+}
+
+// PlacementEnvVar is the router's (and spacectl's) environment variable
+// that limits which clusters receive new spaces.
+const PlacementEnvVar = "NEW_SPACE_CLUSTERS"
+
+// Placement reads NEW_SPACE_CLUSTERS: comma-separated names, each one of
+// known (Names of DATA_CLUSTERS), of the clusters new spaces are placed on
+// (the one with the fewest spaces first). Empty means every known cluster.
+// A cluster left out keeps serving its spaces; it just receives no new ones
+// (one that is full, or about to be retired).
+func Placement(v string, known []string) ([]string, error) {
+	if strings.TrimSpace(v) == "" {
+		return known, nil
+	}
+	var out []string
+	for name := range strings.SplitSeq(v, ",") {
+		name = strings.TrimSpace(name)
+		if !slices.Contains(known, name) {
+			return nil, fmt.Errorf("%s: %.40q is not a known cluster (%s and those of %s)", PlacementEnvVar, name,
+				directory.DefaultCluster, EnvVar)
+		}
+		if !slices.Contains(out, name) {
+			out = append(out, name)
 		}
 	}
 	return out, nil

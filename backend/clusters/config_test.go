@@ -59,3 +59,25 @@ func TestNames(t *testing.T) {
 		t.Fatalf("Names = %v", got)
 	}
 }
+
+func TestPlacement(t *testing.T) {
+	known := []string{"main", "b", "c"}
+	for _, tc := range []struct {
+		in   string
+		want []string
+	}{
+		{"", known},
+		{"b", []string{"b"}},
+		{" c , main,c", []string{"c", "main"}},
+	} {
+		got, err := clusters.Placement(tc.in, known)
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("Placement(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+	}
+	for _, in := range []string{"d", "b,", "main,Main"} {
+		if _, err := clusters.Placement(in, known); err == nil || !strings.Contains(err.Error(), "NEW_SPACE_CLUSTERS") {
+			t.Errorf("Placement(%q) = %v; want an error", in, err)
+		}
+	}
+}
