@@ -140,7 +140,7 @@ func (s *Store) Claim(ctx context.Context, spaceID, owner string) (*store.Snapsh
 	if err != nil {
 		return nil, fmt.Errorf("claim space %s: %w", spaceID, err)
 	}
-	st, err := s.store(ctx, name)
+	st, err := s.Cluster(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("claim space %s: %w", spaceID, err)
 	}
@@ -234,8 +234,10 @@ func (s *Store) locate(ctx context.Context, id string) (string, error) {
 	return sp.Cluster, nil
 }
 
-// store returns cluster name's store, opening it on first use.
-func (s *Store) store(ctx context.Context, name string) (*store.Store, error) {
+// Cluster returns the store of cluster name, opening it (a pool of its
+// own, its migrations) on first use; an open that fails is tried again by
+// the next call. A name this Store was not given is ErrUnknownCluster.
+func (s *Store) Cluster(ctx context.Context, name string) (*store.Store, error) {
 	c := s.clusters[name]
 	if c == nil {
 		return nil, fmt.Errorf("cluster %q: %w", name, ErrUnknownCluster)
