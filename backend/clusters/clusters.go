@@ -197,6 +197,20 @@ func (s *Store) Release(spaceID string, epoch int64) {
 	}
 }
 
+// ClaimedClusters returns, for each of spaceIDs, the cluster its live claim
+// was made on, or "" if it has none: what the engine holds in memory is a
+// copy of that cluster's rows, and is stale once the directory names another
+// (directory.NotOnCluster).
+func (s *Store) ClaimedClusters(spaceIDs []string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, len(spaceIDs))
+	for i, id := range spaceIDs {
+		out[i] = s.claims[id].cluster
+	}
+	return out
+}
+
 // Close closes the pools of the clusters opened here (not Main's). Call it
 // once the engine has stopped.
 func (s *Store) Close() {

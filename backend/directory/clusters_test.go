@@ -171,6 +171,14 @@ func TestClusterMove_BeginFinishAbort(t *testing.T) {
 	if got, err := d.NotOn(ctx, "m1", []string{"s1", "s2"}); err != nil || len(got) != 0 {
 		t.Fatalf("NotOn after the move = %v, %v; want none", got, err)
 	}
+	// A space still loaded from the cluster it left is an old copy.
+	got, err := d.NotOnCluster(ctx, "m1", []string{"s1", "s2", "s1"}, []string{"main", "main", ""})
+	if err != nil || !slices.Equal(got, []string{"s1"}) {
+		t.Fatalf("NotOnCluster with s1 loaded from main = %v, %v; want [s1]", got, err)
+	}
+	if _, err := d.NotOnCluster(ctx, "m1", []string{"s1"}, []string{"a", "b"}); err == nil {
+		t.Fatal("NotOnCluster with mismatched lengths succeeded")
+	}
 	if got := clusterCounts(t, d); got["main"] != 1 || got["b"] != 1 {
 		t.Fatalf("spaces per cluster after the move: %v", got)
 	}

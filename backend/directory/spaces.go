@@ -155,9 +155,25 @@ func reconcileLockKey(app string) int64 {
 // machine, deleted, or being moved between clusters (a space in a cluster
 // move is served nowhere). One query, however many IDs.
 func (d *Directory) NotOn(ctx context.Context, machine string, ids []string) ([]string, error) {
+	return d.NotOnCluster(ctx, machine, ids, nil)
+}
+
+// NotOnCluster is NotOn for spaces loaded from known data clusters:
+// clusters[i] is the cluster ids[i] was loaded from ("" if unknown, and
+// clusters may be nil), and a space the directory now places on another
+// cluster is returned too, since what was loaded is an old copy. One query,
+// however many IDs.
+func (d *Directory) NotOnCluster(ctx context.Context, machine string, ids, clusters []string) ([]string, error) {
+	if clusters == nil {
+		clusters = make([]string, len(ids))
+	}
+	if len(clusters) != len(ids) {
+		return nil, fmt.Errorf("find which of %d spaces are not on machine %.64q: %d clusters given", len(ids), machine, len(clusters))
+	}
 	rows, err := d.pool.Query(ctx, `
-		SELECT x FROM unnest($2::text[]) AS x
-		WHERE NOT EXISTS (SELECT 1 FROM directory.spaces s WHERE s.id = x AND s.machine = $1 AND s.moving_to IS NULL)`, machine, ids)
+		SELECT x FROM unnest($2::text[], $3::text[]) AS t(x, c)
+		WHERE NOT EXISTS (SELECT 1 FROM directory.spaces s
+			WHERE s.id = x AND s.machine = $1 AND s.moving_to IS NULL AND (c = '' OR s.cluster = c))`, machine, ids, clusters)
 	if err != nil {
 		return nil, fmt.Errorf("find which of %d spaces are not on machine %.64q: %w", len(ids), machine, err)
 	}

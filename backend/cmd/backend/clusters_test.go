@@ -20,7 +20,8 @@ import (
 // backend with a second data cluster: a space placed there is written
 // there; marked as moving, its client is closed with 4004 and a new one is
 // refused with 4029 until the move is aborted, when the space is served
-// again, intact. A space on a cluster the backend was not given is refused.
+// again, intact; switched to another cluster, the copy loaded is let go. A
+// space on a cluster the backend was not given is refused.
 func TestClusters_SpaceServedFromItsClusterAndNowhereWhileMoving(t *testing.T) {
 	mainURL, bURL := pgtest.NewDatabase(t), pgtest.NewDatabase(t)
 	const me = "cccccccccccccc"
@@ -99,6 +100,20 @@ func TestClusters_SpaceServedFromItsClusterAndNowhereWhileMoving(t *testing.T) {
 	}
 	if got := string(again.State().Data["n"]); got != "1" {
 		t.Fatalf("after the abort the counter is %q, want 1", got)
+	}
+
+	// The directory now places the data elsewhere, as a move whose mark this
+	// backend never heard of would leave it: the copy loaded from b is let go.
+	if _, err := pool.Exec(ctx, `UPDATE directory.spaces SET cluster = 'main' WHERE id = 'on-b'`); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-again.Done():
+	case <-ctx.Done():
+		t.Fatal("the backend kept serving a copy from a cluster the space left")
+	}
+	if got := again.CloseStatus(); got != 4004 {
+		t.Fatalf("space switched to another cluster: close %d, want 4004", got)
 	}
 
 	// A cluster this backend was not given: refused, nothing claimed.

@@ -158,11 +158,11 @@ func run(ctx context.Context, getenv func(string) string) error {
 		if dir, err = directory.Open(ctx, pool, directory.Config{Logger: log}); err != nil {
 			return fmt.Errorf("open directory: %w", err)
 		}
-		spaceCfg.Assigner = assigner{dir: dir, machineID: machineID}
 		cs, err := clusters.New(clusters.Config{Directory: dir, Main: st, Clusters: dataClusters, Store: storeCfg, Logger: log})
 		if err != nil {
 			return err
 		}
+		spaceCfg.Assigner = assigner{dir: dir, machineID: machineID, claims: cs}
 		// Deferred after the pool's Close, so it runs before it; by then
 		// the engine has stopped (Shutdown below) or never served.
 		defer cs.Close()
