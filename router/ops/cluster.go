@@ -105,11 +105,19 @@ func (o *Ops) MoveSpaceToCluster(ctx context.Context, id, to string) (ClusterMov
 	if err == nil {
 		err = source.Delete(ctx, id, mv.Version)
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrChanged):
+		// Only a backend that does not check the directory (an old binary)
+		// commits to a space marked as moving.
+		o.log.Error("ops: the old copy of a moved space was committed to after the copy; those commits are not on the "+
+			"new cluster, and the old rows are kept: check that every backend runs a version that knows clusters",
+			"space", id, "cluster", mv.From, "err", err)
+	case err != nil:
 		o.log.Warn("ops: old copy of a moved space kept", "space", id, "cluster", mv.From, "err", err)
-		return mv, fmt.Errorf("move space %s from cluster %s to %s: %w: %w", id, mv.From, to, ErrOldCopyKept, err)
+	default:
+		return mv, nil
 	}
-	return mv, nil
+	return mv, fmt.Errorf("move space %s from cluster %s to %s: %w: %w", id, mv.From, to, ErrOldCopyKept, err)
 }
 
 // copySpace is steps 2 to 4 of MoveSpaceToCluster; copied reports whether the rows were written on target.
@@ -148,6 +156,15 @@ func (o *Ops) undoClusterMove(mv ClusterMove, target *store.Store, copied bool, 
 	ctx, cancel := context.WithTimeout(context.Background(), undoTimeout)
 	defer cancel()
 	sp, err := o.dir.AbortClusterMove(ctx, mv.Space, mv.To)
+	if errors.Is(err, directory.ErrSpaceNotFound) {
+		// Deleted meanwhile: no mark to clear. Its data stays where it was,
+		// as a delete leaves it; the copy goes.
+		o.log.Warn("ops: space deleted during its move between clusters", "space", mv.Space, "cause", cause)
+		if copied {
+			o.deleteCopy(ctx, mv, target)
+		}
+		return false
+	}
 	if err != nil {
 		o.log.Error("ops: failed move between clusters not undone: the space stays marked as moving, served by "+
 			"nobody, until `spacectl abort-move` (or the same move again)", "space", mv.Space, "cause", cause, "err", err)
@@ -159,13 +176,18 @@ func (o *Ops) undoClusterMove(mv ClusterMove, target *store.Store, copied bool, 
 	o.log.Warn("ops: move between clusters failed and was undone; the space is served from its old cluster",
 		"space", mv.Space, "cluster", sp.Cluster, "err", cause)
 	if copied {
-		// Only if nothing was committed to it since the import, which would mean it is served there.
-		if err := target.Delete(ctx, mv.Space, mv.Version); err != nil {
-			o.log.Warn("ops: partial copy of a space kept on the target cluster (harmless: the next move there replaces it)",
-				"space", mv.Space, "cluster", mv.To, "err", err)
-		}
+		o.deleteCopy(ctx, mv, target)
 	}
 	return false
+}
+
+// deleteCopy deletes the copy a failed move wrote on its target, only if nothing was committed to it since the
+// import (which would mean it is served there).
+func (o *Ops) deleteCopy(ctx context.Context, mv ClusterMove, target *store.Store) {
+	if err := target.Delete(ctx, mv.Space, mv.Version); err != nil {
+		o.log.Warn("ops: partial copy of a space kept on the target cluster (harmless: the next move there replaces it)",
+			"space", mv.Space, "cluster", mv.To, "err", err)
+	}
 }
 
 // AbortClusterMove clears space id's moving mark, if it has one, so that it is served again from the cluster it

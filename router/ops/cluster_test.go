@@ -232,3 +232,28 @@ func TestMoveSpaceToCluster_DiedMoverResumesOrAborts(t *testing.T) {
 		t.Fatalf("b holds %+v", got)
 	}
 }
+
+// TestMoveSpaceToCluster_SpaceDeletedDuringTheMove: the switch finds no space; the copy goes, the old rows stay (as
+// a delete leaves a space's data).
+func TestMoveSpaceToCluster_SpaceDeletedDuringTheMove(t *testing.T) {
+	ctx := context.Background()
+	e := newClusterEnv(t)
+	if _, err := e.dir.CreateSpace(ctx, "s", app); err != nil {
+		t.Fatal(err)
+	}
+	e.owner(t, "main", "s", 2)
+	before := e.sum(t, "main", "s")
+	e.ops.SetBeforeSwitch(func() error {
+		_, err := e.dir.DeleteSpace(ctx, "s")
+		return err
+	})
+	if _, err := e.ops.MoveSpaceToCluster(ctx, "s", "b"); !errors.Is(err, directory.ErrSpaceNotFound) {
+		t.Fatalf("move of a space deleted meanwhile: %v, want ErrSpaceNotFound", err)
+	}
+	if got := e.sum(t, "b", "s"); got.Version != -1 {
+		t.Fatalf("b kept the copy: %+v", got)
+	}
+	if got := e.sum(t, "main", "s"); got != before {
+		t.Fatalf("main holds %+v, held %+v", got, before)
+	}
+}
