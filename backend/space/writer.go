@@ -18,7 +18,8 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/store"
 )
 
-// Store is the persistence the engine needs (implemented by *store.Store).
+// Store is the persistence the engine needs: *store.Store (one Postgres), or
+// clusters.Store (several, each space on the one the directory names).
 type Store interface {
 	Claim(ctx context.Context, spaceID, owner string) (*store.Snapshot, error)
 	Commit(ctx context.Context, spaceID string, epoch int64, b *store.Batch) error
