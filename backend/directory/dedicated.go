@@ -20,7 +20,8 @@ const foreignKeyViolation = "23503"
 // CreateDedicatedSpace creates space id on machine m, which was created for it
 // (placement "dedicated"): in one transaction it records m as a started,
 // dedicated machine (unless the machine registered itself first, which only
-// marks it dedicated) and the space on it. Shared placement never chooses a
+// marks it dedicated) and the space on it, with its data on the cluster of
+// Config.Clusters that has the fewest spaces. Shared placement never chooses a
 // dedicated machine. The caller creates and starts the machine first, so the
 // space exists only once its machine does. Errors: ErrInvalidSpaceID,
 // ErrInvalidMachine, ErrSpaceExists.
@@ -33,13 +34,22 @@ func (d *Directory) CreateDedicatedSpace(ctx context.Context, id string, m Machi
 	}
 	sp := Space{ID: id, App: m.App, Machine: m.ID}
 	err := pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
+		// The app's placement lock, as CreateSpace's, so that concurrent
+		// creates count each other's cluster choice.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, placementLockKey(m.App)); err != nil {
+			return err
+		}
 		if err := recordDedicated(ctx, tx, m); err != nil {
 			return err
 		}
-		err := tx.QueryRow(ctx, `
-			INSERT INTO directory.spaces (id, app, machine) VALUES ($1, $2, $3)
+		var err error
+		if sp.Cluster, err = d.pickCluster(ctx, tx); err != nil {
+			return err
+		}
+		err = tx.QueryRow(ctx, `
+			INSERT INTO directory.spaces (id, app, machine, cluster) VALUES ($1, $2, $3, $4)
 			ON CONFLICT (id) DO NOTHING
-			RETURNING created_at`, id, m.App, m.ID).Scan(&sp.CreatedAt)
+			RETURNING created_at`, id, m.App, m.ID, sp.Cluster).Scan(&sp.CreatedAt)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrSpaceExists
 		}
@@ -73,8 +83,7 @@ func (d *Directory) DeleteSpace(ctx context.Context, id string) (Space, error) {
 		return Space{}, fmt.Errorf("delete space %.64q: %w", id, ErrInvalidSpaceID)
 	}
 	var sp Space
-	err := d.pool.QueryRow(ctx, `DELETE FROM directory.spaces WHERE id = $1 RETURNING id, app, machine, created_at`, id).
-		Scan(&sp.ID, &sp.App, &sp.Machine, &sp.CreatedAt)
+	err := scanSpace(d.pool.QueryRow(ctx, `DELETE FROM directory.spaces WHERE id = $1 RETURNING `+spaceColumns, id), &sp)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Space{}, fmt.Errorf("delete space %s: %w", id, ErrSpaceNotFound)
 	}
@@ -123,10 +132,9 @@ func (d *Directory) MoveSpaceToDedicated(ctx context.Context, id, from string, m
 		if err := recordDedicated(ctx, tx, m); err != nil {
 			return err
 		}
-		err := tx.QueryRow(ctx, `
+		err := scanSpace(tx.QueryRow(ctx, `
 			UPDATE directory.spaces SET machine = $2, app = $3 WHERE id = $1 AND machine = $4
-			RETURNING id, app, machine, created_at`, id, m.ID, m.App, from).
-			Scan(&sp.ID, &sp.App, &sp.Machine, &sp.CreatedAt)
+			RETURNING `+spaceColumns, id, m.ID, m.App, from), &sp)
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}

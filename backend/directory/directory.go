@@ -1,15 +1,18 @@
 // Package directory is the space directory: which backend machines exist and
-// are alive, and which machine owns each space. It is the one owner of the
-// directory tables (schema "directory" in Postgres) and their migrations.
+// are alive, which machine owns each space, and which Postgres cluster holds
+// each space's data. It is the one owner of the directory tables (schema
+// "directory" in Postgres) and their migrations.
 //
 // Backend machines register themselves at start and heartbeat
-// (RegisterMachine, RunHeartbeat), and check that the directory assigns a space
-// to them before serving it (Lookup). The router places new spaces on the live
-// machine with the fewest spaces (CreateSpace), answers replay decisions
-// (Lookup, behind its cache) and moves spaces (MoveSpace). Every change of a
-// space's placement is announced with Postgres NOTIFY on NotifyChannel in the
-// transaction that makes it; Listen delivers those announcements so caches
-// drop stale entries at once.
+// (RegisterMachine, RunHeartbeat), and check that the directory assigns a
+// space to them before serving it (Lookup). The router places new spaces on
+// the live machine with the fewest spaces and on the data cluster with the
+// fewest (CreateSpace), answers replay decisions (Lookup, behind its cache)
+// and moves spaces (MoveSpace); spacectl moves a space's data between
+// clusters (BeginClusterMove, FinishClusterMove). Every change of a space's
+// placement, machine or cluster, is announced with Postgres NOTIFY on
+// NotifyChannel in the transaction that makes it; Listen delivers those
+// announcements so caches drop stale entries at once.
 //
 // The package speaks SQL and nothing else: no HTTP, no caching.
 package directory
@@ -89,6 +92,10 @@ type Config struct {
 	// ListenPingInterval: how long Listen waits for a notification before it
 	// checks the connection. Zero means DefaultListenPingInterval (15s).
 	ListenPingInterval time.Duration
+	// Clusters names the data clusters new spaces may be placed on; each
+	// new space goes to the one holding the fewest spaces (ties by name).
+	// Empty means DefaultCluster alone. Only creating spaces reads it.
+	Clusters []string
 	// Logger receives reconnects and heartbeat failures. Nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -130,6 +137,11 @@ type Directory struct {
 // keeps owning the pool.
 func Open(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Directory, error) {
 	cfg = cfg.withDefaults()
+	clusters, err := placementClusters(cfg.Clusters)
+	if err != nil {
+		return nil, fmt.Errorf("open directory: %w", err)
+	}
+	cfg.Clusters = clusters
 	if err := migrate.Up(ctx, pool, migrationOwner, migrations); err != nil {
 		return nil, fmt.Errorf("open directory: %w", err)
 	}

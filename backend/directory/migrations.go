@@ -75,4 +75,53 @@ ALTER TABLE directory.machines ADD COLUMN dedicated boolean NOT NULL DEFAULT fal
 DROP INDEX directory.machines_placement;
 CREATE INDEX machines_placement ON directory.machines (app, space_count, id) WHERE state = 'started' AND NOT dedicated;
 `},
+	// Step 3: spaces spread over several Postgres clusters (clusters.go).
+	// Self-contained: its columns, table, index and trigger are its own, so
+	// renumbering it against another branch's step 3 touches only Version.
+	//
+	//   - spaces.cluster names the cluster that holds the space's data; the
+	//     default, DefaultCluster, is the directory's own database, so every
+	//     space that existed before this step stays where it was.
+	//   - spaces.moving_to is set while spacectl copies the space to another
+	//     cluster: no backend serves the space meanwhile. The partial index
+	//     lists moves in progress (a stuck one is found at once).
+	//   - clusters.space_count is kept by a trigger, like machines'
+	//     space_count, so placement reads one row per cluster. Rows appear
+	//     with the first space a cluster receives.
+	//   - The trigger also NOTIFYs every change of cluster or moving_to, so
+	//     backends let go of a space marked moving at once and routers drop
+	//     its cached placement. (Inserts and deletes are already announced.)
+	{Version: 3, Name: "data clusters", SQL: `
+ALTER TABLE directory.spaces
+	ADD COLUMN cluster text NOT NULL DEFAULT '` + DefaultCluster + `',
+	ADD COLUMN moving_to text,
+	ADD COLUMN moving_since timestamptz;
+
+CREATE INDEX spaces_moving ON directory.spaces (id) WHERE moving_to IS NOT NULL;
+
+CREATE TABLE directory.clusters (
+	name        text   PRIMARY KEY,
+	space_count bigint NOT NULL DEFAULT 0
+);
+INSERT INTO directory.clusters (name, space_count) SELECT '` + DefaultCluster + `', count(*) FROM directory.spaces;
+
+CREATE FUNCTION directory.spaces_cluster_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.cluster IS DISTINCT FROM NEW.cluster) THEN
+		UPDATE directory.clusters SET space_count = space_count - 1 WHERE name = OLD.cluster;
+	END IF;
+	IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND OLD.cluster IS DISTINCT FROM NEW.cluster) THEN
+		INSERT INTO directory.clusters (name, space_count) VALUES (NEW.cluster, 1)
+		ON CONFLICT (name) DO UPDATE SET space_count = directory.clusters.space_count + 1;
+	END IF;
+	IF TG_OP = 'UPDATE' AND (OLD.cluster IS DISTINCT FROM NEW.cluster OR OLD.moving_to IS DISTINCT FROM NEW.moving_to) THEN
+		PERFORM pg_notify('` + NotifyChannel + `', NEW.id);
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER spaces_cluster_changed AFTER INSERT OR DELETE OR UPDATE OF cluster, moving_to ON directory.spaces
+	FOR EACH ROW EXECUTE FUNCTION directory.spaces_cluster_changed();
+`},
 }

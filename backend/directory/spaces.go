@@ -13,12 +13,27 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/protocol"
 )
 
-// Space is one space's placement: the backend app and machine that own it.
+// Space is one space's placement: the backend app and machine that own it,
+// and the Postgres cluster that holds its data.
 type Space struct {
 	ID        string
 	App       string
 	Machine   string
 	CreatedAt time.Time
+	// Cluster names the data cluster of the space (DefaultCluster unless it
+	// was placed or moved elsewhere).
+	Cluster string
+	// MovingTo is set while the space's data is being copied to that
+	// cluster (BeginClusterMove): nobody serves the space meanwhile.
+	MovingTo string
+}
+
+// spaceColumns are the columns scanSpace reads, in its order.
+const spaceColumns = `id, app, machine, created_at, cluster, coalesce(moving_to, '')`
+
+// scanSpace scans one row of spaceColumns.
+func scanSpace(row pgx.Row, sp *Space) error {
+	return row.Scan(&sp.ID, &sp.App, &sp.Machine, &sp.CreatedAt, &sp.Cluster, &sp.MovingTo)
 }
 
 // NewSpaceID returns a random space ID: 26 characters of [a-z2-7] (130
@@ -26,7 +41,9 @@ type Space struct {
 func NewSpaceID() string { return strings.ToLower(rand.Text()) }
 
 // CreateSpace creates space id for app and places it on the live machine of
-// app that has the fewest spaces, among those not dedicated to a space. An empty id gets NewSpaceID.
+// app that has the fewest spaces, among those not dedicated to a space, and
+// its data on the cluster of Config.Clusters that has the fewest spaces
+// (pickCluster). An empty id gets NewSpaceID.
 //
 // Placement is exact under concurrency: creates for one app take a
 // transaction-scoped advisory lock, so each one counts after the previous one
@@ -70,13 +87,16 @@ func (d *Directory) CreateSpace(ctx context.Context, id, app string) (Space, err
 		if err != nil {
 			return err
 		}
+		if sp.Cluster, err = d.pickCluster(ctx, tx); err != nil {
+			return err
+		}
 		// The existence check above runs under the per-app lock, but a
 		// create of the same id for another app does not take that lock;
 		// ON CONFLICT keeps that race to one row.
 		err = tx.QueryRow(ctx, `
-			INSERT INTO directory.spaces (id, app, machine) VALUES ($1, $2, $3)
+			INSERT INTO directory.spaces (id, app, machine, cluster) VALUES ($1, $2, $3, $4)
 			ON CONFLICT (id) DO NOTHING
-			RETURNING created_at`, id, app, sp.Machine).Scan(&sp.CreatedAt)
+			RETURNING created_at`, id, app, sp.Machine, sp.Cluster).Scan(&sp.CreatedAt)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrSpaceExists
 		}
@@ -131,12 +151,29 @@ func reconcileLockKey(app string) int64 {
 	return int64(h.Sum64())
 }
 
-// NotOn returns those of ids that the directory does not place on machine:
-// moved elsewhere, or deleted. One query, however many IDs.
+// NotOn returns those of ids that machine may not serve: moved to another
+// machine, deleted, or being moved between clusters (a space in a cluster
+// move is served nowhere). One query, however many IDs.
 func (d *Directory) NotOn(ctx context.Context, machine string, ids []string) ([]string, error) {
+	return d.NotOnCluster(ctx, machine, ids, nil)
+}
+
+// NotOnCluster is NotOn for spaces loaded from known data clusters:
+// clusters[i] is the cluster ids[i] was loaded from ("" if unknown, and
+// clusters may be nil), and a space the directory now places on another
+// cluster is returned too, since what was loaded is an old copy. One query,
+// however many IDs.
+func (d *Directory) NotOnCluster(ctx context.Context, machine string, ids, clusters []string) ([]string, error) {
+	if clusters == nil {
+		clusters = make([]string, len(ids))
+	}
+	if len(clusters) != len(ids) {
+		return nil, fmt.Errorf("find which of %d spaces are not on machine %.64q: %d clusters given", len(ids), machine, len(clusters))
+	}
 	rows, err := d.pool.Query(ctx, `
-		SELECT x FROM unnest($2::text[]) AS x
-		WHERE NOT EXISTS (SELECT 1 FROM directory.spaces s WHERE s.id = x AND s.machine = $1)`, machine, ids)
+		SELECT x FROM unnest($2::text[], $3::text[]) AS t(x, c)
+		WHERE NOT EXISTS (SELECT 1 FROM directory.spaces s
+			WHERE s.id = x AND s.machine = $1 AND s.moving_to IS NULL AND (c = '' OR s.cluster = c))`, machine, ids, clusters)
 	if err != nil {
 		return nil, fmt.Errorf("find which of %d spaces are not on machine %.64q: %w", len(ids), machine, err)
 	}
@@ -156,8 +193,7 @@ func (d *Directory) Lookup(ctx context.Context, id string) (Space, error) {
 		return Space{}, fmt.Errorf("look up space %.64q: %w", id, ErrInvalidSpaceID)
 	}
 	var sp Space
-	err := d.pool.QueryRow(ctx, `SELECT id, app, machine, created_at FROM directory.spaces WHERE id = $1`, id).
-		Scan(&sp.ID, &sp.App, &sp.Machine, &sp.CreatedAt)
+	err := scanSpace(d.pool.QueryRow(ctx, `SELECT `+spaceColumns+` FROM directory.spaces WHERE id = $1`, id), &sp)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Space{}, fmt.Errorf("look up space %s: %w", id, ErrSpaceNotFound)
 	}
@@ -183,14 +219,14 @@ func (d *Directory) ListSpaces(ctx context.Context, after string, limit int) ([]
 	}
 	limit = min(limit, MaxListLimit)
 	rows, err := d.pool.Query(ctx, `
-		SELECT id, app, machine, created_at FROM directory.spaces
+		SELECT `+spaceColumns+` FROM directory.spaces
 		WHERE id > $1 ORDER BY id LIMIT $2`, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list spaces: %w", err)
 	}
 	spaces, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Space, error) {
 		var sp Space
-		err := row.Scan(&sp.ID, &sp.App, &sp.Machine, &sp.CreatedAt)
+		err := scanSpace(row, &sp)
 		return sp, err
 	})
 	if err != nil {
@@ -271,10 +307,9 @@ func (d *Directory) MoveSpace(ctx context.Context, id, machine string) (Space, e
 		if app == "" {
 			return ErrMachineNotFound
 		}
-		return tx.QueryRow(ctx, `
+		return scanSpace(tx.QueryRow(ctx, `
 			UPDATE directory.spaces SET machine = $2, app = $3 WHERE id = $1
-			RETURNING id, app, machine, created_at`, id, machine, app).
-			Scan(&sp.ID, &sp.App, &sp.Machine, &sp.CreatedAt)
+			RETURNING `+spaceColumns, id, machine, app), &sp)
 	})
 	if err != nil {
 		return Space{}, fmt.Errorf("move space %s to machine %s: %w", id, machine, err)

@@ -22,6 +22,11 @@ var (
 	// ErrMoved means this machine no longer owns the space: the client
 	// reconnects through the router at once.
 	ErrMoved = errors.New("space moved to another owner")
+	// ErrMoving means the space's data is being moved to another Postgres
+	// cluster: nobody serves it until the move ends, and the client retries
+	// later. It wraps ErrMoved, since this machine must not keep the space
+	// either.
+	ErrMoving = fmt.Errorf("space moving to another storage cluster: %w", ErrMoved)
 	// ErrFull means a limit (connections of the space, spaces of the
 	// machine) is reached: the client retries later.
 	ErrFull = errors.New("limit reached")

@@ -18,11 +18,20 @@ import (
 	"github.com/spaceport-sync/spaceport/backend/store"
 )
 
-// Store is the persistence the engine needs (implemented by *store.Store).
+// Store is the persistence the engine needs: *store.Store (one Postgres), or
+// clusters.Store (several, each space on the one the directory names).
 type Store interface {
 	Claim(ctx context.Context, spaceID, owner string) (*store.Snapshot, error)
 	Commit(ctx context.Context, spaceID string, epoch int64, b *store.Batch) error
 	CollectGarbage(ctx context.Context, spaceID string, epoch int64, tombstoneTTL, groupTTL time.Duration) (*store.Garbage, error)
+}
+
+// Releaser may be implemented by a Store that keeps something per claim
+// (which cluster a space was claimed on): Release(spaceID, epoch) tells it
+// that the writer that claimed the space at epoch has exited and will
+// neither commit nor collect garbage at that epoch again.
+type Releaser interface {
+	Release(spaceID string, epoch int64)
 }
 
 // run is the space's single writer: it loads the space, then applies
@@ -36,10 +45,19 @@ func (s *Space) run() {
 	snap, err := s.m.store.Claim(ctx, s.id, s.cfg.Owner)
 	cancel()
 	if err != nil {
-		log.Error("space load failed", "err", err)
+		if errors.Is(err, ErrMoved) {
+			// Not a failure: the store found the space is not to be
+			// served here (moving between clusters, moved meanwhile).
+			log.Info("space not loaded", "err", err)
+		} else {
+			log.Error("space load failed", "err", err)
+		}
 		s.loadErr = fmt.Errorf("load space %s: %w", s.id, err)
 		close(s.ready)
 		return
+	}
+	if r, ok := s.m.store.(Releaser); ok {
+		defer r.Release(s.id, snap.Epoch)
 	}
 	s.replica = newReplica(snap)
 	metricLoadSeconds.Observe(time.Since(start).Seconds())

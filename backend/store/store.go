@@ -13,6 +13,10 @@
 // (one transaction, one WAL flush), each space still fenced on its own epoch
 // (groupcommit.go). A process's commit rate is then bounded by the bytes it
 // writes, not by how many fsyncs Postgres can do per second.
+//
+// A Store is one Postgres cluster. A deployment may keep its spaces on
+// several (the directory names each space's cluster); moving a space from
+// one to another is Export, Import, Checksum and Delete (move.go).
 package store
 
 import (
@@ -141,6 +145,14 @@ func OpenConfig(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Store, er
 	return s, nil
 }
 
+// claimSQL bumps a space's epoch (creating its row if new) and returns the
+// new epoch, version and horizon: the fence of Claim and of Export. Callers
+// may append more RETURNING columns.
+const claimSQL = `
+INSERT INTO replica_spaces (id, epoch, owner) VALUES ($1, 1, $2)
+ON CONFLICT (id) DO UPDATE SET epoch = replica_spaces.epoch + 1, owner = excluded.owner, updated_at = now()
+RETURNING epoch, version, gc_horizon`
+
 // Claim makes owner the space's owner (creating the space if new) by bumping
 // its epoch, and loads it. The epoch bump and the reads happen in one
 // transaction: a commit of the previous owner either finished before our
@@ -148,10 +160,7 @@ func OpenConfig(ctx context.Context, pool *pgxpool.Pool, cfg Config) (*Store, er
 func (s *Store) Claim(ctx context.Context, spaceID, owner string) (*Snapshot, error) {
 	snap := &Snapshot{}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `
-INSERT INTO replica_spaces (id, epoch, owner) VALUES ($1, 1, $2)
-ON CONFLICT (id) DO UPDATE SET epoch = replica_spaces.epoch + 1, owner = excluded.owner, updated_at = now()
-RETURNING epoch, version, gc_horizon`, spaceID, owner).Scan(&snap.Epoch, &snap.Version, &snap.Horizon)
+		err := tx.QueryRow(ctx, claimSQL, spaceID, owner).Scan(&snap.Epoch, &snap.Version, &snap.Horizon)
 		if err != nil {
 			return fmt.Errorf("bump epoch: %w", err)
 		}

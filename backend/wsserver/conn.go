@@ -293,6 +293,10 @@ func (c *conn) hello(h *protocol.Hello) error {
 	c.helloTimer.Stop()
 	s, err := c.srv.spaces.Join(c.srv.ctx, c.spaceID, c)
 	switch {
+	case errors.Is(err, space.ErrMoving):
+		// Not 4004: that reconnects at once, and until the move ends the
+		// router would send the client straight back here.
+		return closeErr(protocol.CloseRateLimited, retryAfter("space moving", c.srv.cfg.MovingRetryAfter))
 	case errors.Is(err, space.ErrMoved):
 		return closeErr(protocol.CloseMoved, "space moved")
 	case errors.Is(err, space.ErrClosed):

@@ -39,6 +39,7 @@ const (
 	DefaultPushRate          = 100
 	DefaultPushBurst         = 200
 	DefaultFullRetryAfter    = 10 * time.Second
+	DefaultMovingRetryAfter  = time.Second
 )
 
 // Config tunes the server. The zero value of every field means its default.
@@ -79,6 +80,11 @@ type Config struct {
 	// because its space or this machine is full. Zero value means
 	// DefaultFullRetryAfter (10s).
 	FullRetryAfter time.Duration
+	// MovingRetryAfter is the wait announced (close 4029) to a client
+	// refused because its space is being moved between Postgres clusters
+	// (a move of a small space takes well under a second). Zero value
+	// means DefaultMovingRetryAfter (1s).
+	MovingRetryAfter time.Duration
 	// PingInterval: a connection the client has been silent on for this
 	// long gets a WebSocket ping (browsers answer by themselves); no pong
 	// within PingTimeout drops it. This finds half-open connections (a
@@ -130,6 +136,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.FullRetryAfter <= 0 {
 		c.FullRetryAfter = DefaultFullRetryAfter
+	}
+	if c.MovingRetryAfter <= 0 {
+		c.MovingRetryAfter = DefaultMovingRetryAfter
 	}
 	if c.PingInterval <= 0 {
 		c.PingInterval = DefaultPingInterval

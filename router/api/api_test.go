@@ -54,6 +54,7 @@ type routerOpts struct {
 	staticDir   string
 	adminAuth   func(http.Handler) http.Handler
 	noListening bool
+	clusters    []string // placement clusters of the router's directory
 }
 
 func newRouter(t *testing.T, dbURL string, o routerOpts) *testRouter {
@@ -68,7 +69,7 @@ func newRouter(t *testing.T, dbURL string, o routerOpts) *testRouter {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	dir, err := directory.Open(ctx, pool, directory.Config{
-		Logger: log, ListenRetryMin: 10 * time.Millisecond, ListenRetryMax: 100 * time.Millisecond,
+		Logger: log, ListenRetryMin: 10 * time.Millisecond, ListenRetryMax: 100 * time.Millisecond, Clusters: o.clusters,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -231,8 +232,9 @@ func wantError(t *testing.T, resp response, status int, code string) {
 }
 
 type spaceBody struct {
-	ID, App, Machine string
-	CreatedAt        time.Time
+	ID, App, Machine  string
+	CreatedAt         time.Time
+	Cluster, MovingTo string
 }
 
 func decode[T any](t *testing.T, resp response) T {

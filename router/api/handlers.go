@@ -63,6 +63,13 @@ func (s *Server) handleReplay(w http.ResponseWriter, r *http.Request) {
 		s.unavailable(w, "directory_unavailable", "the space directory is unreachable; retry shortly")
 		return
 	}
+	if sp.MovingTo != "" {
+		// Its data is being copied to another cluster, and no backend
+		// serves it until that ends: a replay would only be refused.
+		s.metrics.decisions.WithLabelValues(outcomeMoving).Inc()
+		s.unavailable(w, "space_moving", "the space is being moved to another storage cluster; retry shortly")
+		return
+	}
 	s.metrics.decisions.WithLabelValues(outcomeReplayed).Inc()
 	h := w.Header()
 	h.Set(replay.Header, replay.Replay{App: sp.App, Instance: sp.Machine, State: s.cfg.ReplaySecret}.String())
@@ -81,10 +88,14 @@ type spaceJSON struct {
 	App       string    `json:"app"`
 	Machine   string    `json:"machine"`
 	CreatedAt time.Time `json:"createdAt"`
+	// Cluster is the Postgres cluster that holds the space's data;
+	// MovingTo, while its data is being moved, where to.
+	Cluster  string `json:"cluster"`
+	MovingTo string `json:"movingTo,omitempty"`
 }
 
 func toSpaceJSON(sp directory.Space) spaceJSON {
-	return spaceJSON{ID: sp.ID, App: sp.App, Machine: sp.Machine, CreatedAt: sp.CreatedAt}
+	return spaceJSON{ID: sp.ID, App: sp.App, Machine: sp.Machine, CreatedAt: sp.CreatedAt, Cluster: sp.Cluster, MovingTo: sp.MovingTo}
 }
 
 func (s *Server) handleCreateSpace(w http.ResponseWriter, r *http.Request) {
@@ -112,7 +123,7 @@ func (s *Server) handleCreateSpace(w http.ResponseWriter, r *http.Request) {
 	// Drop a negative answer this router may hold at once; other routers
 	// hear of the new space through the directory's NOTIFY.
 	s.cache.Evict(sp.ID)
-	s.log.Info("router: space created", "space", sp.ID, "app", sp.App, "machine", sp.Machine)
+	s.log.Info("router: space created", "space", sp.ID, "app", sp.App, "machine", sp.Machine, "cluster", sp.Cluster)
 	w.Header().Set("Location", "/api/spaces/"+sp.ID)
 	writeJSON(w, http.StatusCreated, toSpaceJSON(sp))
 }

@@ -260,6 +260,8 @@ const (
 	outcomeInvalidID   = "invalid_id"
 	outcomeUnavailable = "unavailable"
 	outcomeCanceled    = "canceled"
+	// The space is moving between data clusters: 503, retry later.
+	outcomeMoving = "moving"
 	// Token refused before any directory read.
 	outcomeUnauthorized = "unauthorized"
 	outcomeForbidden    = "forbidden"
@@ -286,7 +288,7 @@ func newMetrics() *metrics {
 			Help: "Placement changes (create, move, delete) heard from the directory, each evicting one cache entry.",
 		}),
 	}
-	for _, o := range []string{outcomeReplayed, outcomeNotFound, outcomeInvalidID, outcomeUnavailable, outcomeCanceled} {
+	for _, o := range []string{outcomeReplayed, outcomeNotFound, outcomeInvalidID, outcomeUnavailable, outcomeCanceled, outcomeMoving} {
 		m.decisions.WithLabelValues(o)
 	}
 	for _, r := range []string{"found", "not_found", "error"} {

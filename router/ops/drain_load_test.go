@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"testing"
@@ -44,6 +45,10 @@ func TestStack(t *testing.T) {
 	t.Run("ScaleUpAndDown", func(t *testing.T) {
 		t.Parallel()
 		testScaleUpAndDown(t, bins)
+	})
+	t.Run("MoveClusterUnderLoad", func(t *testing.T) {
+		t.Parallel()
+		testMoveClusterUnderLoad(t, bins)
 	})
 }
 
@@ -442,7 +447,16 @@ func readCounter(t *testing.T, ctx context.Context, url string) float64 {
 // machine fails the test.
 func openStack(t *testing.T, bins stacktest.Binaries, dbURL string, backends int) *flylocal.Server {
 	t.Helper()
+	return openStackEnv(t, bins, dbURL, backends, nil)
+}
+
+// openStackEnv is openStack with env added to every machine's environment.
+func openStackEnv(t *testing.T, bins stacktest.Binaries, dbURL string, backends int, env map[string]string) *flylocal.Server {
+	t.Helper()
 	stacktest.MigrateFirst(t, dbURL, loadTimeout)
+	all := map[string]string{"DATABASE_URL": dbURL, "STATIC_DIR": t.TempDir(), "AUTH_DISABLED": "1",
+		"REPLAY_SECRET": "drain-test-replay-secret"}
+	maps.Copy(all, env)
 	return stacktest.Open(t, flylocal.Config{
 		Listen:    "127.0.0.1:0",
 		APIListen: "127.0.0.1:0",
@@ -450,8 +464,7 @@ func openStack(t *testing.T, bins stacktest.Binaries, dbURL string, backends int
 		EdgeApp:   routerApp,
 		// Tokens are not what this test is about (AUTH_DISABLED); the replay secret is on, as on Fly, so
 		// backends admit only what the router replayed.
-		Env: map[string]string{"DATABASE_URL": dbURL, "STATIC_DIR": t.TempDir(), "AUTH_DISABLED": "1",
-			"REPLAY_SECRET": "drain-test-replay-secret"},
+		Env: all,
 		Apps: []flylocal.AppConfig{
 			{Name: routerApp, Machines: 1, Command: []string{bins.Router}},
 			{Name: ops.DefaultApp, Machines: backends, Command: []string{bins.Backend},

@@ -1,8 +1,9 @@
 // Package ops carries out the operator's work on a running system: listing backend machines with their spaces
 // and liveness, moving spaces, draining machines (move every space elsewhere, then stop them), rebalancing
-// spaces across machines and scaling the backend app. It works on the space directory (Postgres) and, for the
-// machines themselves, on Fly's Machines API (fly/machines; flylocal's locally). cmd/spacectl is its command
-// line.
+// spaces across machines, scaling the backend app, and moving a space's data between Postgres clusters
+// (MoveSpaceToCluster). It works on the space directory (Postgres), for the machines themselves on Fly's
+// Machines API (fly/machines; flylocal's locally), and for cluster moves on the data clusters' stores.
+// cmd/spacectl is its command line.
 //
 // Moving a space is safe under load: the directory announces the move, the old owner closes the space's
 // connections with 4004 and lets go (its commits are fenced), the routers drop their cached placement, and
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/spaceport-sync/spaceport/backend/directory"
+	"github.com/spaceport-sync/spaceport/backend/store"
 	"github.com/spaceport-sync/spaceport/fly/machines"
 )
 
@@ -71,6 +73,9 @@ type Config struct {
 	// MoveInterval is a pause between two moves, to spread the reconnections of many spaces' clients. Zero
 	// means none.
 	MoveInterval time.Duration
+	// OpenCluster returns the store of the data cluster name (directory.DefaultCluster included), opening it
+	// if need be; clusters.Store.Cluster is one. Nil means moves between clusters fail with ErrNoClusters.
+	OpenCluster func(ctx context.Context, name string) (*store.Store, error)
 	// Logger receives one line per move, stop, create and destroy. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -81,6 +86,9 @@ type Ops struct {
 	dir *directory.Directory
 	api *machines.Client
 	log *slog.Logger
+	// beforeSwitch, when set (tests), runs before a cluster move switches the directory; an error fails the
+	// move there.
+	beforeSwitch func() error
 }
 
 // New returns an Ops for cfg.

@@ -2,7 +2,8 @@
 // edge (or flylocal) replays to it, runs their mutations as the authority and
 // keeps them in Postgres.
 //
-// Environment: PORT (default 8080), DATABASE_URL (required), FLY_MACHINE_ID,
+// Environment: PORT (default 8080), DATABASE_URL (required), DATA_CLUSTERS
+// (the other Postgres clusters spaces may live on), FLY_MACHINE_ID,
 // FLY_APP_NAME, FLY_REGION (set by Fly or flylocal), and the tuning variables
 // listed in README.md.
 package main
@@ -26,6 +27,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/spaceport-sync/spaceport/backend/auth"
+	"github.com/spaceport-sync/spaceport/backend/clusters"
 	"github.com/spaceport-sync/spaceport/backend/directory"
 	"github.com/spaceport-sync/spaceport/backend/mutator"
 	"github.com/spaceport-sync/spaceport/backend/space"
@@ -105,6 +107,13 @@ func run(ctx context.Context, getenv func(string) string) error {
 	if checkDirectory && (machineID == "" || appName == "") {
 		return errors.New("FLY_MACHINE_ID and FLY_APP_NAME are required (or DIRECTORY_CHECK=false for a lone backend)")
 	}
+	dataClusters, err := clusters.Parse(getenv(clusters.EnvVar))
+	if err != nil {
+		return err
+	}
+	if len(dataClusters) > 0 && !checkDirectory {
+		return errors.New("DATA_CLUSTERS needs the directory, which says which cluster holds each space (DIRECTORY_CHECK=true)")
+	}
 	var keys *auth.Keys
 	switch secret := getenv("AUTH_SECRET"); {
 	case secret != "":
@@ -126,10 +135,15 @@ func run(ctx context.Context, getenv func(string) string) error {
 		return fmt.Errorf("connect to postgres: %w", err)
 	}
 	defer pool.Close()
-	st, err := store.OpenConfig(ctx, pool, store.Config{MaxGroupSpaces: groupSpaces, Committers: committers, Logger: log})
+	storeCfg := store.Config{MaxGroupSpaces: groupSpaces, Committers: committers, Logger: log}
+	st, err := store.OpenConfig(ctx, pool, storeCfg)
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
+	// The engine's store: with the directory, always the clusters one, even
+	// with no other cluster configured, so that a space the directory places
+	// elsewhere, or marks as moving, is refused instead of served from here.
+	var engineStore space.Store = st
 
 	spaceCfg := space.Config{
 		Owner:          machineID,
@@ -144,12 +158,20 @@ func run(ctx context.Context, getenv func(string) string) error {
 		if dir, err = directory.Open(ctx, pool, directory.Config{Logger: log}); err != nil {
 			return fmt.Errorf("open directory: %w", err)
 		}
-		spaceCfg.Assigner = assigner{dir: dir, machineID: machineID}
+		cs, err := clusters.New(clusters.Config{Directory: dir, Main: st, Clusters: dataClusters, Store: storeCfg, Logger: log})
+		if err != nil {
+			return err
+		}
+		spaceCfg.Assigner = assigner{dir: dir, machineID: machineID, claims: cs}
+		// Deferred after the pool's Close, so it runs before it; by then
+		// the engine has stopped (Shutdown below) or never served.
+		defer cs.Close()
+		engineStore = cs
 	}
 
 	reg := mutator.NewRegistry()
 	todoapp.Register(reg)
-	spaces := space.NewManager(spaceCfg, st, reg)
+	spaces := space.NewManager(spaceCfg, engineStore, reg)
 	srv := wsserver.New(wsserver.Config{
 		MachineID:     machineID,
 		Region:        getenv("FLY_REGION"),
@@ -167,7 +189,8 @@ func run(ctx context.Context, getenv func(string) string) error {
 	httpSrv := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- httpSrv.Serve(ln) }()
-	log.Info("backend listening", "addr", ln.Addr().String(), "app", appName, "region", getenv("FLY_REGION"), "directory_check", checkDirectory)
+	log.Info("backend listening", "addr", ln.Addr().String(), "app", appName, "region", getenv("FLY_REGION"), "directory_check", checkDirectory,
+		"clusters", strings.Join(clusters.Names(dataClusters), ","))
 
 	// Background work owned here, stopped before run returns.
 	bgCtx, stopBackground := context.WithCancel(context.Background())

@@ -24,6 +24,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spaceport-sync/spaceport/backend/auth"
+	"github.com/spaceport-sync/spaceport/backend/clusters"
 	"github.com/spaceport-sync/spaceport/backend/directory"
 	"github.com/spaceport-sync/spaceport/fly/machines"
 	"github.com/spaceport-sync/spaceport/router/api"
@@ -68,6 +69,11 @@ Spaceport router. Configured by environment:
                  ` + machines.DefaultBaseURL + `; flylocal gives its machines FLY_API_HOSTNAME)
   RECONCILE_INTERVAL   dedicated: how often to destroy orphan machines and rehome spaces whose machine is
                  gone, as a Go duration; 0 turns it off (default ` + "1m" + `)
+  DATA_CLUSTERS  the Postgres clusters besides DATABASE_URL's (cluster main) that spaces may live on, as
+                 name=postgres://... pairs separated by commas, the same as the backends'; the router uses
+                 only the names, to place new spaces (it never connects to them)
+  NEW_SPACE_CLUSTERS   comma-separated clusters that receive new spaces, each going to the one with the
+                 fewest spaces (default: main and every cluster of DATA_CLUSTERS)
   LOG_FORMAT     json or text (default: json on Fly, text elsewhere)
   LOG_LEVEL      debug, info, warn or error (default info)
   FLY_MACHINE_ID, FLY_REGION   added to every log line when set
@@ -103,6 +109,8 @@ type config struct {
 	image          string
 	machinesAPI    machines.Config
 	reconcileEvery time.Duration
+	// placeClusters are the data clusters new spaces are placed on.
+	placeClusters []string
 }
 
 // Placement policies (PLACEMENT).
@@ -192,6 +200,13 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	default:
 		return config{}, fmt.Errorf("PLACEMENT %q: want %s or %s", c.placement, PlacementShared, PlacementDedicated)
 	}
+	dataClusters, err := clusters.Parse(getenv(clusters.EnvVar))
+	if err != nil {
+		return config{}, err
+	}
+	if c.placeClusters, err = clusters.Placement(getenv(clusters.PlacementEnvVar), clusters.Names(dataClusters)); err != nil {
+		return config{}, err
+	}
 	if c.logFormat != "json" && c.logFormat != "text" {
 		return config{}, fmt.Errorf("LOG_FORMAT %q: want json or text", c.logFormat)
 	}
@@ -242,7 +257,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	defer pool.Close()
 
-	dir, err := openDirectory(ctx, pool, log)
+	dir, err := openDirectory(ctx, pool, directory.Config{Logger: log, Clusters: cfg.placeClusters}, log)
 	if err != nil {
 		return err
 	}
@@ -302,7 +317,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
 	log.Info("router: serving", "addr", ln.Addr().String(), "backend_app", cfg.backendApp, "static_dir", cfg.staticDir,
-		"placement", cfg.placement)
+		"placement", cfg.placement, "new_space_clusters", strings.Join(cfg.placeClusters, ","))
 
 	select {
 	case err := <-serveErr:
@@ -321,10 +336,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 // openDirectory opens the directory, retrying while Postgres is not reachable
 // yet (it may start after us), until ctx is done.
-func openDirectory(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) (*directory.Directory, error) {
+func openDirectory(ctx context.Context, pool *pgxpool.Pool, dcfg directory.Config, log *slog.Logger) (*directory.Directory, error) {
 	wait := 100 * time.Millisecond
 	for {
-		dir, err := directory.Open(ctx, pool, directory.Config{Logger: log})
+		dir, err := directory.Open(ctx, pool, dcfg)
 		if err == nil {
 			return dir, nil
 		}

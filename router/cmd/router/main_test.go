@@ -124,6 +124,9 @@ func TestRun_BadConfig(t *testing.T) {
 		"dedicated without image":  {"DATABASE_URL": "postgres://localhost/x", "AUTH_DISABLED": "1", "PLACEMENT": "dedicated"},
 		"bad reconcile interval": {"DATABASE_URL": "postgres://localhost/x", "AUTH_DISABLED": "1", "PLACEMENT": "dedicated",
 			"BACKEND_IMAGE": "img", "RECONCILE_INTERVAL": "often"},
+		"bad data clusters": {"DATABASE_URL": "postgres://localhost/x", "AUTH_DISABLED": "1", "DATA_CLUSTERS": "b=postgres://u:secret@[::1"},
+		"unknown new-space cluster": {"DATABASE_URL": "postgres://localhost/x", "AUTH_DISABLED": "1",
+			"DATA_CLUSTERS": "b=postgres://h/db", "NEW_SPACE_CLUSTERS": "c"},
 	} {
 		var logs syncBuffer
 		err := run(context.Background(), nil, func(k string) string { return env[k] }, &logs)

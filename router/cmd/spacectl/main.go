@@ -1,7 +1,8 @@
 // Command spacectl operates a running Spaceport system: it lists backend machines with their spaces and
 // liveness, creates and moves spaces, drains machines (moves every space elsewhere, then stops them), evens out
-// spaces across machines and scales the backend app. It talks to the space directory (DATABASE_URL) and, for the
-// machines themselves, to Fly's Machines API (FLY_API_TOKEN, FLY_API_HOSTNAME; flylocal's API locally).
+// spaces across machines, scales the backend app and moves a space's data between Postgres clusters. It talks to
+// the space directory (DATABASE_URL), for the machines themselves to Fly's Machines API (FLY_API_TOKEN,
+// FLY_API_HOSTNAME; flylocal's API locally), and for cluster moves to the data clusters (DATA_CLUSTERS).
 //
 // On Fly it runs inside a router machine, which has both (see docs/deploy.md):
 //
@@ -19,6 +20,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"syscall"
 	"text/tabwriter"
@@ -26,7 +28,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/spaceport-sync/spaceport/backend/clusters"
 	"github.com/spaceport-sync/spaceport/backend/directory"
+	"github.com/spaceport-sync/spaceport/backend/store"
 	"github.com/spaceport-sync/spaceport/fly/machines"
 	"github.com/spaceport-sync/spaceport/router/dedicated"
 	"github.com/spaceport-sync/spaceport/router/ops"
@@ -46,6 +50,11 @@ Commands:
   reconcile [-dry-run] [-orphan-age D] [-image IMAGE]
                                 PLACEMENT=dedicated: destroy machines made for a space the directory does not
                                 place on them, give a new machine to spaces whose machine is gone
+  clusters                      list the Postgres clusters with their spaces, and the moves in progress
+  move-cluster SPACE CLUSTER    move a space's data to another Postgres cluster (its clients wait and reconnect;
+                                nothing acknowledged is lost); run it again to resume a move that died
+  abort-move SPACE              clear the moving mark a dead move-cluster left: the space is served again from
+                                the cluster it never left
 
 Environment:
   DATABASE_URL       the space directory's Postgres (required)
@@ -54,6 +63,9 @@ Environment:
   BACKEND_IMAGE      reconcile: the image of new backend machines, or auto (as the router's)
   FLY_API_HOSTNAME   Machines API base URL (default ` + machines.DefaultBaseURL + `; inside Fly
                      http://_api.internal:4280; flylocal http://127.0.0.1:4280)
+  DATA_CLUSTERS      the Postgres clusters besides DATABASE_URL's (cluster main), name=postgres://... pairs
+                     separated by commas, as the backends'
+  NEW_SPACE_CLUSTERS create-space: the clusters new spaces may go to (default all), as the router's
 
 Flags:
 `
@@ -79,6 +91,10 @@ type env struct {
 	app   string
 	log   *slog.Logger
 	image string // BACKEND_IMAGE
+	// For the cluster commands.
+	pool         *pgxpool.Pool
+	dataClusters []clusters.Cluster
+	placement    []string // NEW_SPACE_CLUSTERS
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -113,6 +129,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return errors.New("DATABASE_URL is not a valid Postgres connection string")
 	}
+	dataClusters, err := clusters.Parse(getenv(clusters.EnvVar))
+	if err != nil {
+		return err
+	}
+	placement, err := clusters.Placement(getenv(clusters.PlacementEnvVar), clusters.Names(dataClusters))
+	if err != nil {
+		return err
+	}
 	poolCfg.ConnConfig.RuntimeParams["application_name"] = "spacectl"
 	poolCfg.MaxConns = 4
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
@@ -120,7 +144,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("database pool: %w", err)
 	}
 	defer pool.Close()
-	dir, err := directory.Open(ctx, pool, directory.Config{Logger: log})
+	dir, err := directory.Open(ctx, pool, directory.Config{Logger: log, Clusters: placement})
 	if err != nil {
 		return err
 	}
@@ -136,7 +160,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	e := &env{ops: o, stdout: stdout, dir: dir, api: mc, app: *app, log: log, image: getenv("BACKEND_IMAGE")}
+	e := &env{ops: o, stdout: stdout, dir: dir, api: mc, app: *app, log: log, image: getenv("BACKEND_IMAGE"),
+		pool: pool, dataClusters: dataClusters, placement: placement}
 
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	switch cmd {
@@ -156,6 +181,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return e.scale(ctx, rest, stderr)
 	case "reconcile":
 		return e.reconcile(ctx, rest, stderr)
+	case "clusters":
+		return e.clusters(ctx, rest)
+	case "move-cluster":
+		return e.moveCluster(ctx, rest)
+	case "abort-move":
+		return e.abortMove(ctx, rest)
 	default:
 		fs.Usage()
 		return fmt.Errorf("unknown command %q", cmd)
@@ -203,7 +234,7 @@ func (e *env) spaces(ctx context.Context, dir *directory.Directory, args []strin
 		return err
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "SPACE\tAPP\tMACHINE\tCREATED")
+	fmt.Fprintln(w, "SPACE\tAPP\tMACHINE\tCLUSTER\tCREATED")
 	after := ""
 	for {
 		page, err := dir.ListSpaces(ctx, after, directory.MaxListLimit)
@@ -211,7 +242,11 @@ func (e *env) spaces(ctx context.Context, dir *directory.Directory, args []strin
 			return err
 		}
 		for _, sp := range page {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", sp.ID, sp.App, sp.Machine, sp.CreatedAt.UTC().Format(time.RFC3339))
+			cluster := sp.Cluster
+			if sp.MovingTo != "" {
+				cluster += " -> " + sp.MovingTo
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", sp.ID, sp.App, sp.Machine, cluster, sp.CreatedAt.UTC().Format(time.RFC3339))
 		}
 		if len(page) < directory.MaxListLimit {
 			return w.Flush()
@@ -232,7 +267,7 @@ func (e *env) createSpace(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "created space %s on machine %s\n", sp.ID, sp.Machine)
+	fmt.Fprintf(e.stdout, "created space %s on machine %s, cluster %s\n", sp.ID, sp.Machine, sp.Cluster)
 	return nil
 }
 
@@ -394,4 +429,99 @@ func (e *env) scale(ctx context.Context, args []string, stderr io.Writer) error 
 		fmt.Fprintf(e.stdout, "app %s: no machine created or removed\n", e.ops.App())
 	}
 	return err
+}
+
+// clusters lists the clusters this spacectl knows and those the directory's spaces name, with their space
+// counts, then the moves in progress.
+func (e *env) clusters(ctx context.Context, args []string) error {
+	if err := noArgs("clusters", args); err != nil {
+		return err
+	}
+	list, err := e.dir.ListClusters(ctx)
+	if err != nil {
+		return err
+	}
+	spaces := map[string]int64{}
+	for _, c := range list {
+		spaces[c.Name] = c.Spaces
+	}
+	known := clusters.Names(e.dataClusters)
+	names := slices.Clone(known)
+	for _, c := range list {
+		if !slices.Contains(names, c.Name) {
+			names = append(names, c.Name) // a cluster whose spaces this configuration cannot reach: said below
+		}
+	}
+	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "CLUSTER\tSPACES\tCONFIGURED\tNEW SPACES")
+	for _, n := range names {
+		configured := "DATA_CLUSTERS"
+		switch {
+		case n == directory.DefaultCluster:
+			configured = "DATABASE_URL"
+		case !slices.Contains(known, n):
+			configured = "no (not in DATA_CLUSTERS)"
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\t%t\n", n, spaces[n], configured, slices.Contains(e.placement, n))
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	moves, err := e.dir.ClusterMoves(ctx)
+	if err != nil {
+		return err
+	}
+	for _, m := range moves {
+		fmt.Fprintf(e.stdout, "moving %s: %s -> %s, since %s ago\n", m.Space, m.From, m.To, time.Since(m.Since).Round(time.Second))
+	}
+	return nil
+}
+
+// clusterOps returns an Ops that reaches the data clusters, and what closes their pools.
+func (e *env) clusterOps(ctx context.Context) (*ops.Ops, func(), error) {
+	main, err := store.Open(ctx, e.pool)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open cluster %s: %w", directory.DefaultCluster, err)
+	}
+	cs, err := clusters.New(clusters.Config{Directory: e.dir, Main: main, Clusters: e.dataClusters,
+		ApplicationName: "spacectl", Logger: e.log})
+	if err != nil {
+		return nil, nil, err
+	}
+	o, err := ops.New(ops.Config{Directory: e.dir, App: e.app, OpenCluster: cs.Cluster, Logger: e.log})
+	if err != nil {
+		cs.Close()
+		return nil, nil, err
+	}
+	return o, cs.Close, nil
+}
+
+func (e *env) moveCluster(ctx context.Context, args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: spacectl move-cluster SPACE CLUSTER")
+	}
+	o, closeClusters, err := e.clusterOps(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeClusters()
+	mv, err := o.MoveSpaceToCluster(ctx, args[0], args[1])
+	if mv.From != "" && (err == nil || errors.Is(err, ops.ErrOldCopyKept)) {
+		fmt.Fprintf(e.stdout, "moved space %s from cluster %s to %s: version %d, %d entries, %d clients, %d client groups; "+
+			"not served for %s\n", mv.Space, mv.From, mv.To, mv.Version, mv.Entries, mv.Clients, mv.Groups,
+			mv.Unserved.Round(time.Millisecond))
+	}
+	return err
+}
+
+func (e *env) abortMove(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: spacectl abort-move SPACE")
+	}
+	sp, err := e.ops.AbortClusterMove(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "space %s is not moving; served from cluster %s\n", sp.ID, sp.Cluster)
+	return nil
 }

@@ -112,3 +112,81 @@ func TestSpacectl(t *testing.T) {
 		}
 	}
 }
+
+func TestSpacectl_Clusters(t *testing.T) {
+	ctx := context.Background()
+	mainURL, bURL := pgtest.NewDatabase(t), pgtest.NewDatabase(t)
+	pool, err := pgxpool.New(ctx, mainURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	dir, err := directory.Open(ctx, pool, directory.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dir.RegisterMachine(ctx, directory.Machine{ID: "m1", App: "spaceport-backend"}); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"DATABASE_URL": mainURL, "DATA_CLUSTERS": "b=" + bURL}
+
+	// New spaces spread: b first (ties by name), then main.
+	if out := spacectl(t, env, "create-space", "one"); !strings.Contains(out, "cluster b") {
+		t.Fatalf("create-space one: %q", out)
+	}
+	if out := spacectl(t, env, "create-space", "two"); !strings.Contains(out, "cluster main") {
+		t.Fatalf("create-space two: %q", out)
+	}
+	// NEW_SPACE_CLUSTERS limits where they go.
+	onlyMain := map[string]string{"DATABASE_URL": mainURL, "DATA_CLUSTERS": "b=" + bURL, "NEW_SPACE_CLUSTERS": "main"}
+	if out := spacectl(t, onlyMain, "create-space", "three"); !strings.Contains(out, "cluster main") {
+		t.Fatalf("create-space three: %q", out)
+	}
+
+	out := spacectl(t, env, "move-cluster", "two", "b")
+	if !strings.Contains(out, "moved space two from cluster main to b: version 0") {
+		t.Fatalf("move-cluster: %q", out)
+	}
+	if sp, err := dir.Lookup(ctx, "two"); err != nil || sp.Cluster != "b" {
+		t.Fatalf("after move-cluster: %+v, %v", sp, err)
+	}
+	out = spacectl(t, env, "clusters")
+	if !strings.Contains(out, "main     1") || !strings.Contains(out, "b        2") || strings.Contains(out, "moving") {
+		t.Fatalf("clusters:\n%s", out)
+	}
+	if out := spacectl(t, env, "spaces"); !strings.Contains(out, "two    spaceport-backend  m1       b") {
+		t.Fatalf("spaces:\n%s", out)
+	}
+
+	// A move left by a dead spacectl shows, and abort-move clears it.
+	if _, err := dir.BeginClusterMove(ctx, "one", "main"); err != nil {
+		t.Fatal(err)
+	}
+	if out := spacectl(t, env, "clusters"); !strings.Contains(out, "moving one: b -> main") {
+		t.Fatalf("clusters during a move:\n%s", out)
+	}
+	if out := spacectl(t, env, "abort-move", "one"); !strings.Contains(out, "served from cluster b") {
+		t.Fatalf("abort-move: %q", out)
+	}
+
+	// Bad input.
+	for _, tc := range []struct {
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{env, []string{"move-cluster", "one"}, "usage: spacectl move-cluster SPACE CLUSTER"},
+		{env, []string{"move-cluster", "one", "c"}, `cluster "c"`},
+		{env, []string{"move-cluster", "nope", "main"}, "space not found"},
+		{env, []string{"abort-move"}, "usage: spacectl abort-move SPACE"},
+		{map[string]string{"DATABASE_URL": mainURL, "DATA_CLUSTERS": "b"}, []string{"clusters"}, "DATA_CLUSTERS"},
+		{map[string]string{"DATABASE_URL": mainURL, "NEW_SPACE_CLUSTERS": "b"}, []string{"clusters"}, "not a known cluster"},
+	} {
+		if _, _, err := try(tc.env, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("spacectl %v: %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	if sp, err := dir.Lookup(ctx, "one"); err != nil || sp.Cluster != "b" || sp.MovingTo != "" {
+		t.Fatalf("after refused moves: %+v, %v", sp, err)
+	}
+}
